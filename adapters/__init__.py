@@ -1,0 +1,1 @@
+"""Channel adapters, one file per channel, registered under ``intake_gateway.adapters``."""

@@ -1,0 +1,164 @@
+"""``POST /v1/messages``: the JSON API for integrators, with optional HMAC request signing."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable
+from typing import ClassVar
+
+import msgspec
+from aiohttp import web
+
+from gateway.config import parse_duration, resolve_secret
+from gateway.contacts import normalize_email, normalize_phone
+from gateway.contracts import AdapterContext
+from gateway.errors import Forbidden, RejectedInput, Unauthorized
+from gateway.intake import IntakeService, now_utc
+from schemas import Contact, CustomerType, InboundMessage, Kind, ThreadHints
+
+
+class ApiConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[adapters.api]``."""
+
+    enabled: bool = True
+    path: str = "/v1/messages"
+    secret_env: str | None = None
+    """Environment variable with the HMAC-SHA256 signing secret; unsigned requests are refused
+    once a secret is set. Required when the gateway listens off loopback."""
+    secret_file: str | None = None
+    replay_window: str = "5m"
+    """How far a request's ``X-Intake-Timestamp`` may be from our clock."""
+    default_region: str = "CN"
+    """Region used to read phone numbers written without a country code."""
+
+
+class ApiContact(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    chat_ids: dict[str, str] = {}
+
+
+class ApiAttachment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    content_type: str = "application/octet-stream"
+    data: bytes
+    """Base64 in JSON."""
+
+
+class ApiMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The request body of ``POST /v1/messages``."""
+
+    contact: ApiContact
+    subject: str = ""
+    text: str = ""
+    locale: str | None = None
+    customer_type: CustomerType | None = None
+    order_number: str | None = None
+    device_model: str | None = None
+    kind: Kind | None = None
+    ticket_number: str | None = None
+    in_reply_to: str | None = None
+    attachments: list[ApiAttachment] = []
+    metadata: dict[str, str] = {}
+
+
+_decoder = msgspec.json.Decoder(ApiMessage)
+_encode = msgspec.json.Encoder().encode
+_MAX_KEY = 200
+
+
+def sign_request(secret: str, timestamp: str, body: bytes) -> str:
+    """The ``X-Intake-Signature`` value: ``sha256=`` + hex HMAC over ``"{timestamp}." + body``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class ApiAdapter:
+    """JSON in, receipt out: 201 with the ticket for ``created``, 200 for the other outcomes."""
+
+    kind: ClassVar[str] = "api"
+    Config: ClassVar[type[msgspec.Struct]] = ApiConfig
+    requires_auth_off_loopback: ClassVar[bool] = True
+
+    def __init__(self, config: ApiConfig, intake: IntakeService, ctx: AdapterContext) -> None:
+        self.config = config
+        self.intake = intake
+        self.secret = resolve_secret(config.secret_env, config.secret_file,
+                                     key="adapters.api.secret")
+        self.window = parse_duration(config.replay_window, key="adapters.api.replay_window")
+        self.authenticated = self.secret is not None
+
+    def routes(self) -> Iterable[web.AbstractRouteDef]:
+        return [web.post(self.config.path, self.handle)]
+
+    async def start(self) -> None:
+        """Nothing beyond the HTTP route."""
+
+    async def stop(self) -> None:
+        """Nothing to release."""
+
+    def _verify(self, request: web.Request, body: bytes) -> None:
+        assert self.secret is not None
+        ts = request.headers.get("X-Intake-Timestamp", "")
+        sig = request.headers.get("X-Intake-Signature", "")
+        if not ts or not sig:
+            raise Unauthorized("this API requires X-Intake-Timestamp and X-Intake-Signature "
+                               "headers (HMAC-SHA256 over \"{timestamp}.{body}\")")
+        try:
+            age = abs(time.time() - int(ts))
+        except ValueError:
+            raise Unauthorized("X-Intake-Timestamp must be Unix seconds") from None
+        if age > self.window.total_seconds():
+            raise Unauthorized("X-Intake-Timestamp is outside the accepted window; check the "
+                               "client's clock and sign each request afresh")
+        if not hmac.compare_digest(sig.encode(), sign_request(self.secret, ts, body).encode()):
+            raise Forbidden("the signature does not match the body")
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Verify, decode, submit, answer with the receipt."""
+        ctype = request.content_type
+        if ctype != "application/json":
+            raise RejectedInput(f"send the message as application/json, not {ctype or 'nothing'}")
+        body = await request.read()
+        if self.secret is not None:
+            self._verify(request, body)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and (not key.isprintable() or not 0 < len(key) <= _MAX_KEY):
+            raise RejectedInput(f"Idempotency-Key must be 1 to {_MAX_KEY} printable characters")
+        try:
+            req = _decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise RejectedInput(f"the JSON does not match the message schema: {exc}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise RejectedInput(f"the body is not valid UTF-8 JSON: {exc}") from None
+        message = await self._to_message(req, key, request.headers.get("Accept-Language"))
+        receipt = await self.intake.submit(message)
+        status = 201 if receipt.outcome == "created" else 200
+        return web.Response(body=_encode(receipt), status=status, content_type="application/json")
+
+    async def _to_message(self, req: ApiMessage, key: str | None,
+                          accept_language: str | None) -> InboundMessage:
+        c = req.contact
+        contact = Contact(
+            name=(c.name or "").strip() or None,
+            email=normalize_email(c.email, field="contact.email") if c.email else None,
+            phone=(normalize_phone(c.phone, default_region=self.config.default_region,
+                                   field="contact.phone") if c.phone else None),
+            chat_ids=c.chat_ids,
+        )
+        attachments = [await self.intake.store_attachment(a.data, name=a.name,
+                                                          content_type=a.content_type)
+                       for a in req.attachments]
+        locale = req.locale or (accept_language.split(",")[0].split(";")[0].strip()
+                                if accept_language else None)
+        return InboundMessage(
+            channel=self.kind, provider_message_id=key, received_at=now_utc(), contact=contact,
+            subject=req.subject.strip(), text=req.text, attachments=attachments,
+            thread=ThreadHints(in_reply_to=req.in_reply_to, ticket_number=req.ticket_number),
+            locale=locale or None, customer_type=req.customer_type,
+            order_number=req.order_number, device_model=req.device_model, kind=req.kind,
+            metadata=req.metadata,
+        )

@@ -1,0 +1,559 @@
+"""``imap``: takes mail from existing mailboxes (imapclient in one worker thread per mailbox)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import imaplib
+import logging
+import os
+import random
+import re
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+
+import msgspec
+from imapclient import IMAPClient
+from prometheus_client import Counter, Gauge
+
+from gateway.config import is_loopback, resolve_secret
+from gateway.contracts import AdapterContext
+from gateway.decision import OutboxAck
+from gateway.errors import ConfigError, RejectedInput, TooLarge, TransientError
+from gateway.intake import now_utc
+from gateway.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
+from gateway.mail.parse import MailLimits, ParsedEmail, parse_email, to_inbound
+from schemas import Attachment
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gateway.intake import IntakeService
+
+log = logging.getLogger("intake.imap")
+
+IMAP_SEEN = Counter("intake_imap_seen_total", "New messages found in a mailbox", ["mailbox"])
+IMAP_ACCEPTED = Counter("intake_imap_accepted_total",
+                        "Messages durably submitted (then flagged or moved)", ["mailbox"])
+IMAP_QUARANTINED = Counter("intake_imap_quarantined_total",
+                           "Messages that could not be taken, kept raw under the data dir",
+                           ["mailbox"])
+IMAP_RECONNECTS = Counter("intake_imap_reconnects_total", "Connection failures", ["mailbox"])
+IMAP_CONNECTED = Gauge("intake_imap_connected", "1 while the mailbox is connected", ["mailbox"])
+
+_PARSE_IN_THREAD = 256 * 1024
+_STOP_GRACE = 15.0
+# imapclient's errors derive from imaplib's; socket timeouts and TLS errors are OSErrors.
+_NETWORK_ERRORS = (imaplib.IMAP4.error, OSError, EOFError)
+
+T = TypeVar("T")
+
+
+class MailboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One ``[[adapters.imap.mailboxes]]`` entry."""
+
+    name: str | None = None
+    """Stable name: the delivery scope (same Message-ID in two mailboxes = two deliveries), the
+    metrics label and the bookkeeping key. Default ``username@host/folder``."""
+    host: str
+    port: int | None = None
+    """Default 993 with ``ssl``, else 143."""
+    ssl: bool = True
+    """Implicit TLS (IMAPS)."""
+    starttls: bool = False
+    """Upgrade a plain connection with STARTTLS before logging in."""
+    ca_file: str | None = None
+    """PEM bundle to verify the server with instead of the system's."""
+    username: str
+    password_env: str | None = None
+    password_file: str | None = None
+    folder: str = "INBOX"
+    move_to: str | None = None
+    """Move taken mail to this folder (MOVE, or COPY + delete where MOVE is missing)."""
+    flag: str | None = "\\Seen"
+    """Flag set on taken mail (a system flag or a keyword); bookkeeping never relies on it."""
+    idle: bool = True
+    """Wait with IDLE where the server offers it; otherwise poll."""
+    poll_interval: float = 60.0
+    """Seconds between checks without IDLE; with IDLE, the longest wait between two checks
+    (a safety net for lost notifications)."""
+    idle_renew: float = 1500.0
+    """Seconds before an IDLE is renewed (RFC 2177: servers may drop it after 30 minutes)."""
+    batch_size: int = 50
+    """Messages fetched per round trip and submitted together."""
+
+
+class ImapConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[adapters.imap]``: nothing runs until ``mailboxes`` lists at least one."""
+
+    enabled: bool = True
+    mailboxes: list[MailboxConfig] = []
+    timeout: float = 60.0
+    """Seconds for connecting and for each command."""
+    backoff_min: float = 1.0
+    """First wait after a failure; it doubles up to ``backoff_max``."""
+    backoff_max: float = 300.0
+    max_message_bytes: int = 26_214_400
+    """Larger messages are not fetched; they are quarantined (reported, left in place)."""
+    keep_raw: bool = True
+    """Keep each message's bytes (content-addressed) for replay, as ``metadata.raw_sha256``."""
+
+
+class _MailboxState(msgspec.Struct, frozen=True):
+    uidvalidity: int
+    last_uid: int
+    """Every UID up to this one was taken or quarantined."""
+
+
+class _StateFile(msgspec.Struct):
+    version: int = 1
+    mailboxes: dict[str, _MailboxState] = {}
+
+
+_decode_state = msgspec.json.Decoder(_StateFile)
+_encode = msgspec.json.Encoder().encode
+
+
+class UidBook:
+    """UIDVALIDITY + last UID per mailbox in ``<data_dir>/imap/state.json``, written durably.
+
+    Not \\Seen and not dates: another client reading a message must not hide it from us, and
+    a message is taken exactly once per UIDVALIDITY. After a UIDVALIDITY change the mailbox is
+    read again from the start and the store's Message-ID replay check absorbs the repeats.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.state = _StateFile()
+        self._lock = asyncio.Lock()
+
+    def load(self) -> None:
+        try:
+            self.state = _decode_state.decode(self.path.read_bytes())
+        except FileNotFoundError:
+            self.state = _StateFile()
+        except (OSError, msgspec.DecodeError) as exc:
+            raise ConfigError(f"cannot read the IMAP bookkeeping {self.path}: {exc}; move it "
+                              "away to read every mailbox again (replays are deduplicated)"
+                              ) from exc
+
+    def get(self, name: str) -> _MailboxState | None:
+        return self.state.mailboxes.get(name)
+
+    async def record(self, name: str, uidvalidity: int, last_uid: int) -> None:
+        async with self._lock:
+            self.state.mailboxes[name] = _MailboxState(uidvalidity, last_uid)
+            await asyncio.to_thread(_write_durably, self.path, _encode(self.state))
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+Taken = Literal["accepted", "quarantined", "vanished"]
+
+
+class _Mailbox:
+    """One watched folder: its connection lives in its own thread; the logic on the loop."""
+
+    def __init__(self, adapter: ImapAdapter, cfg: MailboxConfig, password: str) -> None:
+        self.adapter = adapter
+        self.cfg = cfg
+        self.name = cfg.name or f"{cfg.username}@{cfg.host}/{cfg.folder}"
+        self.password = password
+        self.port = cfg.port or (993 if cfg.ssl else 143)
+        self.counts = {"seen": 0, "accepted": 0, "quarantined": 0}
+        self.connected = False
+        self._tls = (ssl.create_default_context(cafile=cfg.ca_file)
+                     if cfg.ssl or cfg.starttls else None)
+        # IMAP connections are not thread-safe: one thread owns this mailbox's connection.
+        self._thread = ThreadPoolExecutor(max_workers=1,
+                                          thread_name_prefix=f"imap-{_safe(self.name)[:20]}")
+        self._client: IMAPClient | None = None
+        self._stop_thread = threading.Event()
+        self._stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._stop_thread.set()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._call(self._disconnect)
+        self._thread.shutdown(wait=False)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = self.adapter.config.backoff_min
+        while not self._stop.is_set():
+            try:
+                await self._call(self._connect)
+                self._set_connected(True)
+                backoff = self.adapter.config.backoff_min
+                while not self._stop.is_set():
+                    await self._drain()
+                    await self._wait_for_mail()
+            except TransientError:
+                log.warning("mailbox %s: the store is unavailable; retrying in about %.0f s",
+                            self.name, backoff)
+            except _NETWORK_ERRORS as exc:
+                IMAP_RECONNECTS.labels(self.name).inc()
+                log.warning("mailbox %s: %s; reconnecting in about %.0f s", self.name,
+                            type(exc).__name__, backoff)
+            except Exception:
+                IMAP_RECONNECTS.labels(self.name).inc()
+                log.exception("mailbox %s: unexpected failure; reconnecting", self.name)
+            self._set_connected(False)
+            with contextlib.suppress(Exception):
+                await self._call(self._disconnect)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, self.adapter.config.backoff_max)
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        IMAP_CONNECTED.labels(self.name).set(1 if up else 0)
+
+    async def _wait_for_mail(self) -> None:
+        if self._stop.is_set():
+            return
+        if self.cfg.idle and await self._call(self._can_idle):
+            # Still look every poll_interval: servers do lose IDLE notifications.
+            await self._call(self._idle_until_news,
+                             min(self.cfg.idle_renew, self.cfg.poll_interval))
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.cfg.poll_interval)
+
+    async def _drain(self) -> None:
+        uidvalidity, uids = await self._call(self._new_uids)
+        for start in range(0, len(uids), self.cfg.batch_size):
+            if self._stop.is_set():
+                return
+            await self._take_batch(uidvalidity, uids[start:start + self.cfg.batch_size])
+
+    async def _take_batch(self, uidvalidity: int, uids: list[int]) -> None:
+        self.counts["seen"] += len(uids)
+        IMAP_SEEN.labels(self.name).inc(len(uids))
+        bodies, too_large = await self._call(self._fetch, uids)
+        # Tasks start in UID order, and submit queues its store operation before its first
+        # suspension, so the store decides them in mailbox order while they run together.
+        tasks = [asyncio.ensure_future(self._take_one(uidvalidity, uid, bodies.get(uid),
+                                                      too_large=uid in too_large))
+                 for uid in uids]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        done: list[int] = []
+        accepted: list[int] = []
+        failure: BaseException | None = None
+        for uid, result in zip(uids, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = result  # nothing after it counts as done: it will be retried
+                break
+            done.append(uid)
+            if result == "accepted":
+                accepted.append(uid)
+        if accepted:
+            await self._call(self._mark_taken, accepted)
+        if done:
+            await self.adapter.book.record(self.name, uidvalidity, done[-1])
+        if failure is not None:
+            raise failure
+
+    async def _take_one(self, uidvalidity: int, uid: int, raw: bytes | None, *,
+                        too_large: bool) -> Taken:
+        if too_large:
+            return await self._quarantine(uidvalidity, uid, None, "larger than "
+                                          "adapters.imap.max_message_bytes")
+        if raw is None:
+            return "vanished"  # expunged by another client between SEARCH and FETCH
+        try:
+            await self.adapter.submit_mail(raw, mailbox=self.name, own=self.cfg.username)
+        except TransientError:
+            raise
+        except RejectedInput as exc:
+            return await self._quarantine(uidvalidity, uid, raw, exc.reason)
+        except Exception as exc:
+            # A defect of ours must not block the mailbox: keep the mail aside, go on.
+            log.exception("mailbox %s: unexpected failure on one message", self.name)
+            return await self._quarantine(uidvalidity, uid, raw,
+                                          f"internal error ({type(exc).__name__})")
+        self.counts["accepted"] += 1
+        IMAP_ACCEPTED.labels(self.name).inc()
+        return "accepted"
+
+    async def _quarantine(self, uidvalidity: int, uid: int, raw: bytes | None,
+                          reason: str) -> Taken:
+        folder = self.adapter.quarantine_dir / _safe(self.name)
+        stem = f"{uidvalidity}-{uid}"
+        if raw is not None:
+            await asyncio.to_thread(_write_durably, folder / f"{stem}.eml", raw)
+        await asyncio.to_thread(_write_durably, folder / f"{stem}.reason",
+                                reason.encode("utf-8", "replace"))
+        self.counts["quarantined"] += 1
+        IMAP_QUARANTINED.labels(self.name).inc()
+        log.warning("mailbox %s: message uid %s quarantined", self.name, uid)
+        return "quarantined"
+
+    # -- in the mailbox's thread ---------------------------------------------------------
+
+    def _connect(self) -> None:
+        cfg = self.cfg
+        client = IMAPClient(cfg.host, port=self.port, ssl=cfg.ssl, ssl_context=self._tls,
+                            timeout=self.adapter.config.timeout)
+        try:
+            if cfg.starttls:
+                client.starttls(self._tls)
+            client.login(cfg.username, self.password)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+            raise
+        self._client = client
+
+    def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.logout()
+        except Exception:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+
+    def _can_idle(self) -> bool:
+        assert self._client is not None
+        return self._client.has_capability("IDLE")
+
+    def _new_uids(self) -> tuple[int, list[int]]:
+        assert self._client is not None
+        status = self._client.select_folder(self.cfg.folder)
+        uidvalidity = int(status[b"UIDVALIDITY"])
+        known = self.adapter.book.get(self.name)
+        last = known.last_uid if known is not None and known.uidvalidity == uidvalidity else 0
+        if known is not None and known.uidvalidity != uidvalidity:
+            log.warning("mailbox %s: UIDVALIDITY changed; reading it again from the start "
+                        "(messages already taken are recognised by their Message-ID)", self.name)
+        # "n:*" always matches the highest UID, even below n: filter.
+        found = self._client.search(["UID", f"{last + 1}:*"])
+        return uidvalidity, sorted(int(u) for u in found if int(u) > last)
+
+    def _fetch(self, uids: list[int]) -> tuple[dict[int, bytes], set[int]]:
+        assert self._client is not None
+        limit = self.adapter.config.max_message_bytes
+        sizes = self._client.fetch(uids, ["RFC822.SIZE"])
+        too_large = {int(u) for u, d in sizes.items() if int(d.get(b"RFC822.SIZE", 0)) > limit}
+        wanted = [u for u in uids if u in sizes and u not in too_large]
+        bodies: dict[int, bytes] = {}
+        if wanted:
+            # BODY.PEEK: reading must not set \Seen; only a durable submit marks the mail.
+            for uid, data in self._client.fetch(wanted, ["BODY.PEEK[]"]).items():
+                body = data.get(b"BODY[]")
+                if body is not None:
+                    bodies[int(uid)] = bytes(body)
+        return bodies, too_large
+
+    def _mark_taken(self, uids: list[int]) -> None:
+        client, cfg = self._client, self.cfg
+        assert client is not None
+        if cfg.flag:
+            client.add_flags(uids, [cfg.flag])
+        if cfg.move_to:
+            if client.has_capability("MOVE"):
+                client.move(uids, cfg.move_to)
+            else:
+                client.copy(uids, cfg.move_to)
+                client.add_flags(uids, [b"\\Deleted"])
+                if client.has_capability("UIDPLUS"):
+                    client.uid_expunge(uids)  # only ours: a plain EXPUNGE would take others'
+
+    def _idle_until_news(self, seconds: float) -> None:
+        client = self._client
+        assert client is not None
+        client.idle()
+        try:
+            if _buffered_news(client):
+                return
+            waited = 0.0
+            # Short checks so that stop() is noticed within a second.
+            while waited < seconds and not self._stop_thread.is_set():
+                if client.idle_check(timeout=1.0):
+                    return
+                waited += 1.0
+        finally:
+            client.idle_done()
+
+
+def _buffered_news(client: IMAPClient) -> bool:
+    """True when the server already said something that ``idle_check`` cannot see.
+
+    Mail arriving between our SEARCH and the IDLE command makes the server send ``* n EXISTS``
+    together with the ``+ idling`` continuation. imaplib reads both into its buffer while
+    waiting for the continuation, so polling the socket sees nothing until the next event and
+    the message would wait (found in testing: seconds to minutes). This looks at imaplib's
+    buffer and untagged responses, which imapclient does not expose.
+    """
+    imap = client._imap
+    if any(key in imap.untagged_responses for key in ("EXISTS", "RECENT", "EXPUNGE")):
+        return True
+    sock = client.socket()
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return bool(imap.file.peek(1))
+    except (BlockingIOError, ssl.SSLWantReadError, OSError):
+        return False
+    finally:
+        sock.settimeout(timeout)
+
+
+class ImapAdapter:
+    """Mailboxes in: taken once per UIDVALIDITY + UID, flagged or moved after the commit."""
+
+    kind: ClassVar[str] = "imap"
+    Config: ClassVar[type[msgspec.Struct]] = ImapConfig
+
+    def __init__(self, config: ImapConfig, intake: IntakeService, ctx: AdapterContext) -> None:
+        self.config = config
+        self.intake = intake
+        self.root = Path(ctx.data_dir) / "imap"
+        self.quarantine_dir = self.root / "quarantine"
+        self.book = UidBook(self.root / "state.json")
+        core = intake.config.intake
+        self.limits = MailLimits(max_attachment_bytes=intake.attachments.max_bytes,
+                                 max_attachments=core.max_attachments)
+        self.mailboxes: list[_Mailbox] = []
+        names: set[str] = set()
+        for i, mb in enumerate(config.mailboxes):
+            where = f"adapters.imap.mailboxes[{i}]"
+            password = resolve_secret(mb.password_env, mb.password_file, key=f"{where}.password")
+            if password is None:
+                raise ConfigError(f"{where}: give password_env or password_file")
+            if mb.ssl and mb.starttls:
+                raise ConfigError(f"{where}: set either ssl or starttls, not both")
+            if not (mb.ssl or mb.starttls) and not is_loopback(mb.host):
+                raise ConfigError(f"{where}: refusing to send the password in clear to "
+                                  f"{mb.host}; set ssl = true or starttls = true")
+            if not mb.flag and not mb.move_to:
+                log.info("%s: neither flag nor move_to: taken mail stays as it is", where)
+            if mb.batch_size < 1 or mb.poll_interval <= 0 or mb.idle_renew <= 0:
+                raise ConfigError(f"{where}: batch_size, poll_interval and idle_renew must be "
+                                  "positive")
+            box = _Mailbox(self, mb, password)
+            if box.name in names:
+                raise ConfigError(f"{where}: two mailboxes are named {box.name!r}; give each "
+                                  "a distinct name")
+            names.add(box.name)
+            self.mailboxes.append(box)
+
+    def routes(self) -> Iterable[web.AbstractRouteDef]:
+        return []
+
+    async def start(self) -> None:
+        """Read the bookkeeping and start one watcher per mailbox."""
+        if not self.mailboxes:
+            return
+        await asyncio.to_thread(self.book.load)
+        for box in self.mailboxes:
+            box.task = asyncio.create_task(box.run(), name=f"imap:{box.name}")
+
+    async def stop(self) -> None:
+        """Let batches in progress finish their submit and flag, then log out."""
+        for box in self.mailboxes:
+            box.request_stop()
+        tasks = [box.task for box in self.mailboxes if box.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_STOP_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for box in self.mailboxes:
+            await box.close()
+            box.task = None
+
+    def counts(self, name: str) -> dict[str, int]:
+        """seen / accepted / quarantined since start, for one mailbox (also on /metrics)."""
+        return dict(next(b for b in self.mailboxes if b.name == name).counts)
+
+    async def submit_mail(self, raw: bytes, *, mailbox: str, own: str) -> None:
+        """Parse, keep, submit one message; RejectedInput means quarantine it."""
+        if len(raw) > _PARSE_IN_THREAD:
+            parsed = await asyncio.to_thread(parse_email, raw, limits=self.limits)
+        else:
+            parsed = parse_email(raw, limits=self.limits)
+        if parsed.refusal is not None:
+            raise RejectedInput(parsed.refusal)
+        extra: dict[str, str] = {}
+        attachments = await self._store_attachments(parsed, extra)
+        if self.config.keep_raw:
+            try:
+                kept = await self.intake.store_attachment(raw, name="message.eml",
+                                                          content_type="message/rfc822")
+                extra["raw_sha256"] = kept.sha256
+            except TooLarge:
+                extra["raw_kept"] = "no: larger than the attachment limit"
+        mail_class = classify(parsed)
+        human = should_acknowledge(mail_class)
+        message = to_inbound(parsed, channel=self.kind, mailbox=mailbox, received_at=now_utc(),
+                             attachments=attachments)
+        thread = message.thread
+        bounced = bounced_message_ids(parsed)
+        if bounced:
+            # A bounce of our acknowledgement names its id: it joins that ticket.
+            thread = msgspec.structs.replace(
+                thread, references=list(dict.fromkeys([*thread.references, *bounced])))
+        message = msgspec.structs.replace(
+            message, thread=thread, auto_submitted=not human,
+            # Without a Message-ID the bytes identify the mail (a UIDVALIDITY reset re-reads it).
+            provider_message_id=(message.provider_message_id
+                                 or "sha256:" + hashlib.sha256(raw).hexdigest()),
+            metadata={**message.metadata, **extra})
+        ack_via = None
+        email = message.contact.email
+        if human and email and email != own.lower():
+            ack_via = OutboxAck(channel="email", to=email, reply_to=parsed.message_id)
+        await self.intake.submit(message, ack_via=ack_via)
+
+    async def _store_attachments(self, parsed: ParsedEmail,
+                                 extra: dict[str, str]) -> list[Attachment]:
+        stored: list[Attachment] = []
+        dropped: list[str] = []
+        for att in parsed.attachments:
+            try:
+                stored.append(await self.intake.store_attachment(
+                    att.data, name=att.name, content_type=att.content_type))
+            except TooLarge as exc:
+                dropped.append(exc.reason)
+        if dropped:
+            extra["dropped_attachments"] = "; ".join([*parsed.dropped, *dropped])
+        return stored
+
+
+def _safe(name: str) -> str:
+    """A file-system-safe form of a mailbox name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "mailbox"

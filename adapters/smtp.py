@@ -1,0 +1,347 @@
+"""``smtp``: receives mail for configured addresses (aiosmtpd on the gateway's own event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import logging
+import socket
+import ssl
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import urlsplit
+
+import msgspec
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from prometheus_client import Counter
+
+from gateway.config import split_listen
+from gateway.contracts import AdapterContext
+from gateway.decision import OutboxAck
+from gateway.errors import ConfigError, RejectedInput, TooLarge, TransientError
+from gateway.intake import now_utc
+from gateway.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
+from gateway.mail.parse import MailLimits, ParsedEmail, parse_email, to_inbound
+from schemas import Attachment, InboundMessage, Receipt
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gateway.intake import IntakeService
+
+log = logging.getLogger("intake.smtp")
+
+SMTP_MESSAGES = Counter("intake_smtp_messages_total",
+                        "SMTP transactions after DATA, by result (accepted, refused, deferred)",
+                        ["result"])
+SMTP_RECIPIENTS_REFUSED = Counter("intake_smtp_recipients_refused_total",
+                                  "RCPT commands refused because the address is not ours")
+
+DEFAULT_LISTEN = "127.0.0.1:2525"
+_PARSE_IN_THREAD = 256 * 1024
+"""Larger mails are parsed in a worker thread so one big message does not stall the loop."""
+_STOP_GRACE = 10.0
+
+# Enhanced status codes (RFC 3463) for the reply codes RejectedInput carries.
+_ENHANCED = {450: "4.7.1", 530: "5.7.0", 550: "5.6.0", 552: "5.3.4", 554: "5.6.0"}
+
+
+class SmtpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[adapters.smtp]``."""
+
+    enabled: bool = True
+    listen: str | None = None
+    """``HOST:PORT``. Default ``127.0.0.1:2525``; when that default is taken the gateway runs
+    without SMTP and says so, while an explicit ``listen`` that cannot be bound stops the start.
+    A gateway started on an ephemeral HTTP port (tests) gets an ephemeral SMTP port too."""
+    hostname: str | None = None
+    """The name in the greeting and EHLO reply; default this host's name."""
+    accept: list[str] = []
+    """Recipients taken: full addresses (``support@example.com``) or whole domains
+    (``@example.com``). Everything else is refused at RCPT with 550 5.7.1: never a relay.
+    Empty (the default) takes no mail at all."""
+    max_message_bytes: int = 26_214_400
+    """Advertised as SIZE; larger mail is refused with 552."""
+    max_recipients: int = 50
+    """RCPT commands accepted per transaction (452 beyond)."""
+    timeout: float = 300.0
+    """Seconds a session may stay silent before it is closed."""
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) for STARTTLS; with ``tls_key_file`` it enables STARTTLS."""
+    tls_key_file: str | None = None
+    require_starttls: bool = False
+    """Refuse MAIL until the client has upgraded with STARTTLS."""
+    keep_raw: bool = True
+    """Keep the received bytes (content-addressed, like attachments) for replay; the message's
+    ``metadata.raw_sha256`` names them. Mail larger than the attachment limit is not kept."""
+
+
+class _IntakeSMTP(SMTP):
+    """aiosmtpd's session, liberal about line length.
+
+    RFC 5321 caps lines at 1000 octets and aiosmtpd refuses the whole message above that. Real
+    clients do send longer lines (a 24 KB base64 image on one line is in our corpus) and
+    Postfix takes them; losing a customer's mail over it would be worse. The buffer is still
+    bounded, and ``max_message_bytes`` bounds the message.
+    """
+
+    line_length_limit = 1024 * 1024
+
+
+class _Hooks:
+    """aiosmtpd's name-based ``handle_*`` hooks, wrapped once around typed adapter methods."""
+
+    def __init__(self, adapter: SmtpAdapter) -> None:
+        self.adapter = adapter
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        return self.adapter.check_recipient(envelope, address, rcpt_options)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return await self.adapter.take(envelope)
+
+
+class SmtpAdapter:
+    """Mail in: ``250 2.0.0 OK: <ticket number> (<outcome>)`` only after the durable submit."""
+
+    kind: ClassVar[str] = "smtp"
+    Config: ClassVar[type[msgspec.Struct]] = SmtpConfig
+
+    def __init__(self, config: SmtpConfig, intake: IntakeService, ctx: AdapterContext) -> None:
+        self.config = config
+        self.intake = intake
+        self._addresses: set[str] = set()
+        self._domains: set[str] = set()
+        for entry in config.accept:
+            item = entry.strip().lower()
+            local, at, domain = item.rpartition("@")
+            if not at or not domain or any(c.isspace() or c in "<>@,;:" for c in local + domain):
+                raise ConfigError(f"adapters.smtp.accept: {entry!r} is neither an address "
+                                  "(support@example.com) nor a domain (@example.com)")
+            if local:
+                self._addresses.add(item)
+            else:
+                self._domains.add(domain)
+        self._explicit_listen = config.listen is not None
+        listen = config.listen
+        if listen is None:
+            # A throwaway gateway (HTTP on port 0, as tests start it) must not grab 2525.
+            listen = "127.0.0.1:0" if urlsplit(ctx.public_url).port == 0 else DEFAULT_LISTEN
+        self.host, self.port = split_listen(listen, key="adapters.smtp.listen")
+        """``port`` is the bound port once started (useful with port 0)."""
+        self._tls: ssl.SSLContext | None = None
+        if config.tls_cert_file or config.tls_key_file:
+            if not (config.tls_cert_file and config.tls_key_file):
+                raise ConfigError("adapters.smtp: STARTTLS needs both tls_cert_file and "
+                                  "tls_key_file")
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                self._tls.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"adapters.smtp: cannot load the TLS certificate or key: "
+                                  f"{exc}") from exc
+        elif config.require_starttls:
+            raise ConfigError("adapters.smtp.require_starttls needs tls_cert_file and "
+                              "tls_key_file")
+        self.hostname = config.hostname or socket.gethostname()
+        core = intake.config.intake
+        self.limits = MailLimits(max_attachment_bytes=intake.attachments.max_bytes,
+                                 max_attachments=core.max_attachments)
+        self._hooks = _Hooks(self)
+        self._server: asyncio.base_events.Server | None = None
+        self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+
+    def routes(self) -> Iterable[web.AbstractRouteDef]:
+        return []
+
+    async def start(self) -> None:
+        """Listen on the gateway's loop, so DATA can await the durable submit directly."""
+        # aiosmtpd logs peers and envelope addresses at INFO; we never log customer data.
+        aiosmtpd_log = logging.getLogger("mail.log")
+        if aiosmtpd_log.level == logging.NOTSET:
+            aiosmtpd_log.setLevel(logging.WARNING)
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(self._new_session, self.host, self.port,
+                                                    reuse_address=True)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and not self._explicit_listen:
+                log.warning("SMTP is not listening: the default %s:%s is in use; set "
+                            "adapters.smtp.listen (or enabled = false)", self.host, self.port)
+                return
+            raise ConfigError(f"adapters.smtp.listen: cannot listen on {self.host}:{self.port}: "
+                              f"{exc.strerror}") from exc
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        if not (self._addresses or self._domains):
+            log.warning("SMTP listens on %s:%s but takes no mail until adapters.smtp.accept "
+                        "names addresses or domains", self.host, self.port)
+        log.info("SMTP listening on %s:%s", self.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop listening, let transactions in DATA finish their submit, close the sessions."""
+        self._closing = True
+        if self._server is None:
+            return
+        self._server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), _STOP_GRACE)
+        for session in list(self._sessions):
+            if session.transport is not None:
+                session.transport.close()
+        await self._server.wait_closed()
+        self._server = None
+
+    def _new_session(self) -> SMTP:
+        session = _IntakeSMTP(self._hooks, hostname=self.hostname, ident="intake-gateway",
+                       data_size_limit=self.config.max_message_bytes, enable_SMTPUTF8=True,
+                       tls_context=self._tls, require_starttls=self.config.require_starttls,
+                       timeout=self.config.timeout,
+                       # No AUTH: this is a receiving MX, not a submission server.
+                       auth_exclude_mechanism=["LOGIN", "PLAIN"])
+        self._sessions.add(session)
+        return session
+
+    # -- RCPT ------------------------------------------------------------------------------
+
+    def accepts(self, address: str) -> bool:
+        """True when ``address`` is one of ours (configured address or domain)."""
+        item = address.strip().lower()
+        if any(c in item for c in ":,<>\"\\ ") or item.startswith("@"):
+            return False  # source routes and quoted oddities are never ours
+        local, at, domain = item.rpartition("@")
+        return bool(at and local) and (item in self._addresses or domain in self._domains)
+
+    def check_recipient(self, envelope: Envelope, address: str, options: list[str]) -> str:
+        """The RCPT answer: ours → 250, anyone else's → 550 5.7.1 (never a relay)."""
+        if not self.accepts(address):
+            SMTP_RECIPIENTS_REFUSED.inc()
+            return "550 5.7.1 relaying denied: this server only takes mail for its own addresses"
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return "452 4.5.3 too many recipients in one transaction, send the rest again"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    # -- DATA ------------------------------------------------------------------------------
+
+    async def take(self, envelope: Envelope) -> str:
+        """The DATA answer; 250 only once every mailbox's delivery is durable."""
+        if self._closing:
+            return "421 4.3.2 shutting down, try again later"
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            receipt = await self._submit(bytes(envelope.original_content or b""),
+                                         envelope_from=envelope.mail_from or "",
+                                         mailboxes=list(dict.fromkeys(
+                                             r.strip().lower() for r in envelope.rcpt_tos)))
+        except RejectedInput as exc:
+            SMTP_MESSAGES.labels("refused").inc()
+            code = exc.smtp_code
+            return f"{code} {_ENHANCED.get(code, '5.6.0')} {_reply_text(exc.reason)}"
+        except TransientError:
+            SMTP_MESSAGES.labels("deferred").inc()
+            return "451 4.3.0 temporarily unable to accept the message, try again later"
+        except Exception:
+            # Our defect, not the sender's: 451 keeps the mail in the sender's queue instead of
+            # bouncing it, and the traceback (no message content) goes to the operator.
+            log.exception("unexpected failure while taking a message")
+            SMTP_MESSAGES.labels("deferred").inc()
+            return "451 4.3.0 internal error, try again later"
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        SMTP_MESSAGES.labels("accepted").inc()
+        return f"250 2.0.0 OK: {receipt.ticket_number} ({receipt.outcome})"
+
+    async def _submit(self, raw: bytes, *, envelope_from: str, mailboxes: list[str]) -> Receipt:
+        if len(raw) > _PARSE_IN_THREAD:
+            parsed = await asyncio.to_thread(parse_email, raw, limits=self.limits)
+        else:
+            parsed = parse_email(raw, limits=self.limits)
+        if parsed.refusal is not None:
+            refusal = RejectedInput(parsed.refusal)
+            refusal.smtp_code = 554
+            raise refusal
+        extra: dict[str, str] = {"envelope_from": envelope_from}
+        attachments = await self._store_attachments(parsed, extra)
+        if self.config.keep_raw:
+            await self._keep_raw(raw, extra)
+        mail_class = classify(parsed, envelope_from=envelope_from)
+        human = should_acknowledge(mail_class)
+        if not human:
+            extra["mail_class"] = mail_class.kind
+        # A bounce names the mail that bounced: if that was our acknowledgement, its id is in
+        # ack_refs and the bounce joins the ticket instead of opening one.
+        bounced = bounced_message_ids(parsed)
+        received = now_utc()
+        receipt: Receipt | None = None
+        for index, mailbox in enumerate(mailboxes):
+            message = _with_extras(
+                to_inbound(parsed, channel=self.kind, mailbox=mailbox, received_at=received,
+                           attachments=attachments),
+                raw=raw, human=human, bounced=bounced, extra=extra)
+            ack_via = None
+            # One acknowledgement per mail, however many of our mailboxes it was sent to; on a
+            # retry after 451 the first mailbox is replayed, its acknowledgement already queued.
+            if index == 0 and human and message.contact.email \
+                    and not self.accepts(message.contact.email):
+                ack_via = OutboxAck(channel="email", to=message.contact.email,
+                                    reply_to=parsed.message_id)
+            got = await self.intake.submit(message, ack_via=ack_via)
+            receipt = receipt or got
+        assert receipt is not None  # aiosmtpd calls DATA only after a RCPT was accepted
+        return receipt
+
+    async def _store_attachments(self, parsed: ParsedEmail,
+                                 extra: dict[str, str]) -> list[Attachment]:
+        stored: list[Attachment] = []
+        dropped: list[str] = []
+        for att in parsed.attachments:
+            try:
+                stored.append(await self.intake.store_attachment(
+                    att.data, name=att.name, content_type=att.content_type))
+            except TooLarge as exc:
+                dropped.append(exc.reason)
+        if dropped:
+            extra["dropped_attachments"] = "; ".join([*parsed.dropped, *dropped])
+        return stored
+
+    async def _keep_raw(self, raw: bytes, extra: dict[str, str]) -> None:
+        try:
+            kept = await self.intake.store_attachment(raw, name="message.eml",
+                                                      content_type="message/rfc822")
+        except TooLarge:
+            extra["raw_kept"] = "no: larger than the attachment limit"
+            return
+        extra["raw_sha256"] = kept.sha256
+
+
+def _with_extras(message: InboundMessage, *, raw: bytes, human: bool, bounced: list[str],
+                 extra: dict[str, str]) -> InboundMessage:
+    """What ``to_inbound`` cannot know: the envelope's verdict, bounce links, a fallback id."""
+    thread = message.thread
+    if bounced:
+        refs = list(dict.fromkeys([*thread.references, *bounced]))
+        thread = msgspec.structs.replace(thread, references=refs)
+    # Mail without a Message-ID still needs an idempotency key: the sending server retries the
+    # very same bytes after a 451 or a lost 250.
+    provider_id = message.provider_message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+    return msgspec.structs.replace(message, thread=thread, provider_message_id=provider_id,
+                                   auto_submitted=not human,
+                                   metadata={**message.metadata, **extra})
+
+
+def _reply_text(reason: str) -> str:
+    """One printable ASCII line: SMTP replies are not the place for raw UTF-8 or line breaks."""
+    text = " ".join(reason.split())
+    return text.encode("ascii", "replace").decode("ascii")[:400] or "refused"

@@ -1,0 +1,321 @@
+"""WeChat Official Account (微信公众号) message push: plain and safe mode, passive replies."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import ClassVar, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from gateway.config import parse_duration, resolve_secret
+from gateway.contracts import AdapterContext
+from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
+from gateway.intake import IntakeService, now_utc
+from gateway.wechat_protocol import (
+    WeChatCrypto,
+    WeChatPush,
+    check_signature,
+    parse_push,
+    render_text_reply,
+    to_push,
+)
+from schemas import Attachment, Contact, InboundMessage, ThreadHints
+
+log = logging.getLogger("intake.wechat")
+
+_ANSWERED = ("created", "duplicate", "replayed")
+"""Outcomes answered with the acknowledgement; a follow-up gets no reply, as in the outbox."""
+_SUCCESS = b"success"
+_REPLY_TTL = 60.0
+"""Seconds a finished reply is kept for WeChat's retries (three within 15 s)."""
+_MAX_REPLIES = 10_000
+_WELCOME = ("感谢关注！如需帮助，请直接发送消息描述您的问题（可附图片），"
+            "我们会为您登记工单，并告知工单编号和答复时间。")
+
+
+class WeChatConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[adapters.wechat]``."""
+
+    enabled: bool = False
+    path: str = "/wechat"
+    """The server URL configured in the Official Account (GET verification, POST pushes)."""
+    token_env: str | None = None
+    """Environment variable holding the Token set in the account's server configuration."""
+    token_file: str | None = None
+    mode: Literal["plain", "compat", "safe"] = "plain"
+    """明文 / 兼容 / 安全模式. ``safe`` refuses unencrypted pushes; ``compat`` accepts both."""
+    encoding_aes_key_env: str | None = None
+    """Environment variable holding the 43-character EncodingAESKey (compat and safe mode)."""
+    encoding_aes_key_file: str | None = None
+    app_id: str | None = None
+    """The account's AppID: encrypted messages name it (compat and safe mode)."""
+    timestamp_tolerance: str = "5m"
+    """How far a request's ``timestamp`` may be from our clock; older requests are replays."""
+    max_body_bytes: int = 1_048_576
+    reply_deadline: float = 4.5
+    """Seconds to wait for the ticket before answering ``success`` (WeChat waits 5)."""
+    welcome_text: str | None = None
+    """The passive reply to a new follower (``subscribe``); default a short invitation."""
+    fetch_images: bool = True
+    """Download ``PicUrl`` of image messages into attachments (from ``image_hosts`` only)."""
+    image_hosts: list[str] = msgspec.field(
+        default_factory=lambda: ["mmbiz.qpic.cn", "mmbiz.qlogo.cn"])
+    """Hosts (and their subdomains) images are fetched from; anything else is only recorded."""
+    image_timeout: float = 2.0
+    max_image_bytes: int = 10_485_760
+
+
+class WeChatAdapter:
+    """Pushes become tickets; the passive reply carries the acknowledgement (no outbox)."""
+
+    kind: ClassVar[str] = "wechat"
+    Config: ClassVar[type[msgspec.Struct]] = WeChatConfig
+
+    def __init__(self, config: WeChatConfig, intake: IntakeService, ctx: AdapterContext) -> None:
+        self.config = config
+        self.intake = intake
+        self.ctx = ctx
+        self.authenticated = True
+        token = resolve_secret(config.token_env, config.token_file, key="adapters.wechat.token")
+        if not token:
+            raise ConfigError("adapters.wechat: set token_env (or token_file) to the Token of "
+                              "the account's server configuration")
+        self.token = token
+        key = resolve_secret(config.encoding_aes_key_env, config.encoding_aes_key_file,
+                             key="adapters.wechat.encoding_aes_key")
+        self.crypto: WeChatCrypto | None = None
+        if config.mode != "plain" or key:
+            if not key or not config.app_id:
+                raise ConfigError(f"adapters.wechat: mode {config.mode!r} needs "
+                                  "encoding_aes_key_env (or _file) and app_id")
+            self.crypto = WeChatCrypto(token, key, config.app_id)
+        self.tolerance = parse_duration(config.timestamp_tolerance,
+                                        key="adapters.wechat.timestamp_tolerance").total_seconds()
+        self.path = "/" + config.path.strip("/")
+        # (timestamp, nonce, signature) -> body digest: in plain mode the body is not signed,
+        # so a captured query must not carry another body.
+        self._seen: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        # (account, message key) -> the reply in progress or done, shared by WeChat's retries.
+        self._replies: OrderedDict[tuple[str, str], tuple[float, asyncio.Task[bytes | None]]] = (
+            OrderedDict())
+        self._session: aiohttp.ClientSession | None = None
+
+    def routes(self) -> Iterable[web.AbstractRouteDef]:
+        return [web.get(self.path, self.handle_verify), web.post(self.path, self.handle_push)]
+
+    async def start(self) -> None:
+        """Open the session images are fetched with."""
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.image_timeout))
+
+    async def stop(self) -> None:
+        """Let replies in progress finish; close the session."""
+        pending = [task for _, task in self._replies.values() if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.config.reply_deadline)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- authentication -----------------------------------------------------------------------
+
+    def _check(self, request: web.Request) -> tuple[str, str]:
+        """Verify ``signature`` and the timestamp's age; returns (timestamp, nonce)."""
+        q = request.query
+        timestamp, nonce, signature = q.get("timestamp"), q.get("nonce"), q.get("signature")
+        if not timestamp or not nonce or not signature:
+            raise Forbidden("signature, timestamp and nonce are required")
+        if not check_signature(self.token, timestamp, nonce, signature):
+            raise Forbidden("the signature does not match")
+        try:
+            age = abs(time.time() - int(timestamp))
+        except ValueError:
+            raise Forbidden("timestamp must be Unix seconds") from None
+        if age > self.tolerance:
+            raise Forbidden("the timestamp is too old: a replayed request")
+        return timestamp, nonce
+
+    def _not_replayed(self, request: web.Request, body: bytes) -> None:
+        q = request.query
+        key = (q["timestamp"], q["nonce"], q["signature"])
+        digest = hashlib.sha256(body).hexdigest()
+        now = time.time()
+        while self._seen:
+            (ts, _, _), _ = next(iter(self._seen.items()))
+            if ts.isdigit() and now - int(ts) <= self.tolerance and len(self._seen) < 100_000:
+                break
+            self._seen.popitem(last=False)
+        earlier = self._seen.setdefault(key, digest)
+        # The same body again is WeChat retrying (same query); another body is a forgery.
+        if earlier != digest:
+            raise Forbidden("this signature was already used for another message")
+
+    # -- URL verification ---------------------------------------------------------------------
+
+    async def handle_verify(self, request: web.Request) -> web.Response:
+        """Server configuration check: answer ``echostr`` (decrypted, when WeCom-style)."""
+        timestamp, nonce = self._check(request)
+        echostr = request.query.get("echostr")
+        if not echostr:
+            raise RejectedInput("echostr is missing", field="echostr")
+        msg_signature = request.query.get("msg_signature")
+        if msg_signature and self.crypto is not None:
+            plain = self.crypto.decrypt(msg_signature, timestamp, nonce, echostr)
+            return web.Response(body=plain, content_type="text/plain")
+        return web.Response(text=echostr, content_type="text/plain")
+
+    # -- pushes -------------------------------------------------------------------------------
+
+    async def handle_push(self, request: web.Request) -> web.Response:
+        """A message or event; the answer is the passive reply (encrypted in safe mode)."""
+        timestamp, nonce = self._check(request)
+        body = await request.read()
+        if len(body) > self.config.max_body_bytes:
+            raise TooLarge(f"the push exceeds {self.config.max_body_bytes} bytes")
+        encrypted = request.query.get("encrypt_type", "").lower() == "aes"
+        if encrypted and self.crypto is None:
+            raise Forbidden("an encrypted push, but no EncodingAESKey is configured")
+        if not encrypted and self.config.mode == "safe":
+            raise Forbidden("safe mode: unencrypted pushes are refused")
+        if not encrypted:
+            self._not_replayed(request, body)
+        fields = parse_push(body, self.config.max_body_bytes)
+        if encrypted:
+            assert self.crypto is not None
+            ciphertext = fields.get("Encrypt")
+            if not ciphertext:
+                raise RejectedInput("Encrypt is missing", field="Encrypt")
+            plain = self.crypto.decrypt(request.query.get("msg_signature", ""), timestamp,
+                                        nonce, ciphertext)
+            fields = parse_push(plain, self.config.max_body_bytes)
+        push = to_push(fields)
+        reply = await self._reply_to(push)
+        if reply is None:
+            return web.Response(body=_SUCCESS, content_type="text/plain")
+        if encrypted:
+            assert self.crypto is not None
+            reply = self.crypto.render_encrypted_reply(reply, nonce, str(int(time.time())))
+        return web.Response(body=reply, content_type="application/xml")
+
+    async def _reply_to(self, push: WeChatPush) -> bytes | None:
+        if push.msg_type == "event":
+            if (push.event or "").lower() == "subscribe":
+                return render_text_reply(push.from_user, push.to_user,
+                                         self.config.welcome_text or _WELCOME, int(time.time()))
+            return None  # menus, scans, location reports, unsubscribes: nothing to register
+        # WeChat's own dedup key for messages; events without MsgId are not submitted.
+        msg_key = push.msg_id or f"{push.from_user}:{push.create_time}"
+        key = (push.to_user, msg_key)
+        self._forget_old_replies()
+        entry = self._replies.get(key)
+        if entry is None:
+            task = asyncio.create_task(self._submit(push, msg_key))
+            task.add_done_callback(lambda t, k=key: self._drop_if_failed(k, t))
+            entry = (time.monotonic(), task)
+            self._replies[key] = entry
+        try:
+            # Shielded: a slow commit finishes even when this answer gives up waiting.
+            return await asyncio.wait_for(asyncio.shield(entry[1]), self.config.reply_deadline)
+        except TimeoutError:
+            log.warning("message %s took longer than the reply deadline; answered without "
+                        "an acknowledgement", msg_key)
+            return None
+
+    def _drop_if_failed(self, key: tuple[str, str], task: asyncio.Task[bytes | None]) -> None:
+        # A refused or failed submission is not cached: WeChat's retry tries again.
+        if task.cancelled() or task.exception() is not None:
+            entry = self._replies.get(key)
+            if entry is not None and entry[1] is task:
+                del self._replies[key]
+
+    def _forget_old_replies(self) -> None:
+        now = time.monotonic()
+        while self._replies:
+            started, task = next(iter(self._replies.values()))
+            if (now - started < _REPLY_TTL or not task.done()) and len(
+                    self._replies) < _MAX_REPLIES:
+                break
+            self._replies.popitem(last=False)
+
+    async def _submit(self, push: WeChatPush, msg_key: str) -> bytes | None:
+        text, attachments, metadata = await self._content(push)
+        found = self.intake.numbering.find_in(text)
+        message = InboundMessage(
+            channel=self.kind, provider_message_id=msg_key, delivery_scope=push.to_user,
+            received_at=now_utc(), contact=Contact(chat_ids={"wechat": push.from_user}),
+            text=text, attachments=attachments,
+            thread=ThreadHints(ticket_number=found[0] if found else None),
+            conversational=True,
+            metadata={"wechat.msg_type": push.msg_type,
+                      "wechat.create_time": str(push.create_time), **metadata},
+        )
+        receipt = await self.intake.submit(message)
+        ack = receipt.acknowledgement
+        if ack is None or receipt.outcome not in _ANSWERED:
+            return None
+        return render_text_reply(push.from_user, push.to_user, ack.text, int(time.time()))
+
+    async def _content(self, push: WeChatPush) -> tuple[str, list[Attachment], dict[str, str]]:
+        """Text, attachments and metadata of each message type WeChat pushes."""
+        meta: dict[str, str] = {}
+        for name in ("media_id", "thumb_media_id", "format", "pic_url", "msg_data_id", "idx"):
+            value = getattr(push, name)
+            if value:
+                meta[f"wechat.{name}"] = value[:500]
+        attachments: list[Attachment] = []
+        kind = push.msg_type
+        if kind == "text":
+            text = push.content or ""
+        elif kind == "image":
+            image = await self._fetch_image(push.pic_url, push.media_id, meta)
+            attachments = [image] if image else []
+            text = "" if attachments else "[image]"
+        elif kind == "voice":
+            # Recognition is WeChat's own speech-to-text, when the account enabled it.
+            text = (push.recognition or "").strip() or "[voice message]"
+        elif kind == "location":
+            text = f"[location] {push.label or ''} ({push.location_x}, {push.location_y})"
+        elif kind == "link":
+            text = "\n".join(x for x in (push.title, push.description, push.url) if x)
+        else:
+            # video, shortvideo, file, and types WeChat adds later: recorded, with their ids.
+            text = f"[{kind}]"
+            for name, value in push.extra.items():
+                meta.setdefault(f"wechat.{name}", value[:500])
+        return text or ("" if attachments else f"[{kind}]"), attachments, meta
+
+    async def _fetch_image(self, url: str | None, media_id: str | None,
+                           meta: dict[str, str]) -> Attachment | None:
+        if not url or not self.config.fetch_images or self._session is None:
+            return None
+        host = (urlsplit(url).hostname or "").lower()
+        if urlsplit(url).scheme not in ("http", "https") or not any(
+                host == h or host.endswith("." + h) for h in self.config.image_hosts):
+            meta["wechat.image"] = "not fetched: host not in image_hosts"
+            return None
+        limit = min(self.config.max_image_bytes, self.intake.attachments.max_bytes)
+        try:
+            async with self._session.get(url, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise ValueError(f"HTTP {resp.status}")
+                data = await resp.content.read(limit + 1)
+                if len(data) > limit:
+                    raise ValueError(f"larger than {limit} bytes")
+                ctype = resp.headers.get("Content-Type", "image/jpeg").split(";")[0].strip()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # The reply must leave within 5 s: an image that does not come is only recorded.
+            reason = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+            meta["wechat.image"] = f"not fetched: {reason}"
+            return None
+        if not ctype.startswith("image/"):
+            ctype = "image/jpeg"
+        name = f"image-{media_id or 'wechat'}.{ctype.split('/')[1][:5]}"
+        return await self.intake.store_attachment(data, name=name, content_type=ctype)

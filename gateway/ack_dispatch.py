@@ -1,0 +1,183 @@
+"""The acknowledgement dispatcher: sends outbox acknowledgements through their channel's sender.
+
+Rows in ``acks`` are written in the message's transaction for channels that cannot answer in
+their own response (email, SMS via REST, Telegram). The dispatcher sends them in order, records
+``ack.sent`` or ``ack.failed`` events in the same transaction as the row's new status, and keeps
+the loop policy's last line of defence: at most ``per_recipient_limit`` acknowledgements per
+recipient per window, whatever the channel's own policy let through.
+
+Sending is at least once: a crash after the provider accepted an acknowledgement but before the
+row was updated sends it again after restart. The row is updated right after each send to keep
+that window small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from prometheus_client import Counter
+
+from gateway.acks import pick_locale, render_ack
+from gateway.decision import AckFacts
+from gateway.errors import PermanentError, TransientError
+from gateway.store.sqlite import SqliteStore, SqliteTx
+from schemas import AckFailed, AckFailedData, AckSent, AckSentData
+
+log = logging.getLogger("intake.acks")
+
+ACKS = Counter("intake_acks_total", "Outbox acknowledgements by channel and result",
+               ["channel", "result"])
+
+_facts = msgspec.json.Decoder(AckFacts)
+_encode = msgspec.json.Encoder().encode
+
+
+class AckPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[acks]``: retries and the per-recipient limit."""
+
+    per_recipient_limit: int = 5
+    """Most acknowledgements one recipient gets per window (breaks loops with other robots)."""
+    per_recipient_window: float = 3600.0
+    """Seconds."""
+    max_attempts: int = 8
+    """Transient failures before an acknowledgement is given up (``ack.failed``)."""
+    max_backoff: float = 300.0
+
+
+class AckDispatcher:
+    """Drains the ``acks`` outbox; one task per gateway."""
+
+    def __init__(self, store: SqliteStore, senders: dict[str, Any], *, policy: AckPolicy,
+                 calendar: Any, default_locale: str, event_source: str) -> None:
+        self.store = store
+        self.senders = senders
+        self.policy = policy
+        self.calendar = calendar
+        self.default_locale = default_locale
+        self.event_source = event_source
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.store.on_commit(lambda _seq: self._wake.set())
+        self._wake.set()
+        self._task = asyncio.create_task(self._run(), name="ack-dispatcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            rows = await self.store.read(_due_acks)
+            if not rows:
+                self._wake.clear()
+                next_at = await self.store.read(_next_attempt)
+                timeout = None if next_at is None else max(0.05, next_at - time.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            for row in rows:
+                try:
+                    await self._dispatch(*row)
+                except Exception:  # one bad row must not stop the others
+                    log.exception("acknowledgement %s could not be dispatched", row[0])
+                    await self.store.run(lambda tx, r=row: _finish(
+                        tx, r[0], "failed", None, "internal error", None))
+
+    async def _dispatch(self, ack_id: int, ticket_id: int, channel: str, recipient: str,
+                        reply_to: str | None, payload: bytes, attempts: int) -> None:
+        facts = _facts.decode(payload)
+        sender = self.senders.get(channel)
+        if sender is None:
+            await self._fail(ack_id, facts, channel, f"no sender for channel {channel!r}",
+                             attempts)
+            return
+        recent = await self.store.read(lambda c: _recent_count(
+            c, channel, recipient, time.time() - self.policy.per_recipient_window))
+        if recent >= self.policy.per_recipient_limit:
+            await self._fail(ack_id, facts, channel, "suppressed: per-recipient limit reached",
+                             attempts, status="suppressed")
+            return
+        ack = render_ack(number=facts.ticket_number, outcome=facts.outcome, due_at=facts.due_at,
+                         locale=pick_locale(facts.locale, self.default_locale),
+                         calendar=self.calendar)
+        try:
+            provider_id = await sender.send_ack(ack, to=recipient, reply_to=reply_to)
+        except TransientError as exc:
+            attempts += 1
+            if attempts >= self.policy.max_attempts:
+                await self._fail(ack_id, facts, channel, f"gave up: {exc}", attempts)
+                return
+            delay = random.uniform(0.5, 1.0) * min(self.policy.max_backoff, 2.0 ** attempts)
+            ACKS.labels(channel, "retry").inc()
+            error = str(exc)  # `exc` is unbound once the except block ends; the lambda runs later
+            await self.store.run(lambda tx: _retry(tx, ack_id, attempts, delay, error))
+            return
+        except PermanentError as exc:
+            await self._fail(ack_id, facts, channel, str(exc), attempts + 1)
+            return
+        event = AckSent(id=str(uuid.uuid4()), source=self.event_source,
+                        subject=facts.ticket_number, time=datetime.now(UTC),
+                        data=AckSentData(ticket_number=facts.ticket_number, channel=channel,
+                                         outcome=facts.outcome, provider_message_id=provider_id))
+        ACKS.labels(channel, "sent").inc()
+        await self.store.run(lambda tx: _finish(tx, ack_id, "sent", provider_id, None, event,
+                                                ticket_id=ticket_id))
+
+    async def _fail(self, ack_id: int, facts: AckFacts, channel: str, reason: str,
+                    attempts: int, *, status: str = "failed") -> None:
+        event = AckFailed(id=str(uuid.uuid4()), source=self.event_source,
+                          subject=facts.ticket_number, time=datetime.now(UTC),
+                          data=AckFailedData(ticket_number=facts.ticket_number, channel=channel,
+                                             reason=reason, attempts=attempts))
+        ACKS.labels(channel, status).inc()
+        await self.store.run(lambda tx: _finish(tx, ack_id, status, None, reason, event))
+
+
+def _due_acks(conn: Any) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT id, ticket_id, channel, recipient, reply_to, payload, attempts FROM acks"
+        " WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT 50",
+        (time.time_ns() // 1000,)).fetchall()
+
+
+def _next_attempt(conn: Any) -> float | None:
+    row = conn.execute("SELECT min(next_attempt_at) FROM acks WHERE status = 'pending'").fetchone()
+    return None if row[0] is None else row[0] / 1_000_000
+
+
+def _recent_count(conn: Any, channel: str, recipient: str, since: float) -> int:
+    return int(conn.execute(
+        "SELECT count(*) FROM acks WHERE channel = ? AND recipient = ? AND status = 'sent'"
+        " AND sent_at >= ?", (channel, recipient, int(since * 1_000_000))).fetchone()[0])
+
+
+def _retry(tx: SqliteTx, ack_id: int, attempts: int, delay: float, error: str) -> None:
+    tx.conn.execute("UPDATE acks SET attempts = ?, next_attempt_at = ?, last_error = ?"
+                    " WHERE id = ?", (attempts, int((time.time() + delay) * 1_000_000),
+                                      error[:300], ack_id))
+
+
+def _finish(tx: SqliteTx, ack_id: int, status: str, provider_id: str | None, error: str | None,
+            event: AckSent | AckFailed | None, *, ticket_id: int | None = None) -> None:
+    tx.conn.execute("UPDATE acks SET status = ?, provider_id = ?, last_error = ?, sent_at = ?"
+                    " WHERE id = ?", (status, provider_id, error and error[:300],
+                                      time.time_ns() // 1000, ack_id))
+    if provider_id and ticket_id is not None:
+        # Replies that quote our acknowledgement's id (In-Reply-To) find the ticket again.
+        tx.conn.execute("INSERT OR IGNORE INTO ack_refs(ref, ticket_id) VALUES (?, ?)",
+                        (provider_id, ticket_id))
+    if event is not None:
+        tx.append_event(event_id=event.id, type_=type(event).__struct_config__.tag,  # type: ignore[arg-type]
+                        subject=event.subject, priority=None, body=_encode(event))

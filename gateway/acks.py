@@ -1,0 +1,82 @@
+"""Rendering acknowledgements: the ticket number and the expected response time, per locale."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from gateway.sla import BusinessCalendar, format_due
+from schemas import Acknowledgement, Outcome
+
+SUPPORTED_LOCALES = ("zh-CN", "zh-TW", "en")
+
+_SUBJECTS: dict[str, dict[str, str]] = {
+    "en": {
+        "created": "[{number}] We have received your request",
+        "duplicate": "[{number}] We already have your request",
+        "followup": "[{number}] Your message was added to your request",
+        "replayed": "[{number}] We have received your request",
+    },
+    "zh-CN": {
+        "created": "[{number}] 我们已收到您的请求",
+        "duplicate": "[{number}] 您的请求已在处理中",
+        "followup": "[{number}] 您的补充信息已收到",
+        "replayed": "[{number}] 我们已收到您的请求",
+    },
+    "zh-TW": {
+        "created": "[{number}] 我們已收到您的請求",
+        "duplicate": "[{number}] 您的請求已在處理中",
+        "followup": "[{number}] 您的補充資訊已收到",
+        "replayed": "[{number}] 我們已收到您的請求",
+    },
+}
+
+_TEXTS: dict[str, dict[str, str]] = {
+    "en": {
+        "created": "Thank you for contacting us. Your request has been registered under ticket "
+                   "number {number}. We will answer by {due}. Please quote this number if you "
+                   "write to us again about it.",
+        "duplicate": "We already have this request under ticket number {number}, so we have "
+                     "not opened a new one. We will answer by {due}.",
+        "followup": "Your message has been added to ticket {number}. We will answer by {due}.",
+    },
+    "zh-CN": {
+        "created": "感谢您的来信。您的请求已受理，工单编号：{number}。我们将在{due}前答复您。"
+                   "如需补充，请注明此编号。",
+        "duplicate": "您的请求已在处理中，工单编号：{number}，无需重复提交。"
+                     "我们将在{due}前答复您。",
+        "followup": "您的补充信息已加入工单 {number}。我们将在{due}前答复您。",
+    },
+    "zh-TW": {
+        "created": "感謝您的來信。您的請求已受理，工單編號：{number}。我們將在{due}前答覆您。"
+                   "如需補充，請註明此編號。",
+        "duplicate": "您的請求已在處理中，工單編號：{number}，無需重複提交。"
+                     "我們將在{due}前答覆您。",
+        "followup": "您的補充資訊已加入工單 {number}。我們將在{due}前答覆您。",
+    },
+}
+
+
+def pick_locale(requested: str | None, default: str) -> str:
+    """Map a BCP 47 tag (or an Accept-Language value's first tag) to a supported locale."""
+    for tag in (requested, default):
+        if not tag:
+            continue
+        t = tag.strip().lower().replace("_", "-")
+        if t.startswith("zh"):
+            return "zh-TW" if any(x in t for x in ("tw", "hk", "mo", "hant")) else "zh-CN"
+        if t.startswith("en"):
+            return "en"
+    return "en"
+
+
+def render_ack(*, number: str, outcome: Outcome, due_at: datetime, locale: str,
+               calendar: BusinessCalendar) -> Acknowledgement:
+    """The acknowledgement text for one receipt; ``replayed`` repeats the ``created`` text."""
+    loc = locale if locale in _TEXTS else "en"
+    key = "created" if outcome == "replayed" else outcome
+    due = format_due(due_at, loc, calendar)
+    return Acknowledgement(
+        ticket_number=number, outcome=outcome, due_at=due_at, locale=loc,
+        subject=_SUBJECTS[loc][outcome].format(number=number),
+        text=_TEXTS[loc][key].format(number=number, due=due),
+    )

@@ -1,0 +1,73 @@
+"""Content-addressed, durable attachment files: ``<root>/<sha[:2]>/<sha>``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import tempfile
+import unicodedata
+from pathlib import Path
+
+from gateway.errors import TooLarge
+from schemas import Attachment
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+
+
+def safe_filename(name: str, *, fallback: str = "attachment") -> str:
+    """A file name with no path, no control or reserved characters, no leading dots, ≤ 120 chars."""
+    name = unicodedata.normalize("NFC", name)
+    # Keep only the last path component of whatever separators the sender's OS used.
+    name = re.split(r"[/\\]", name)[-1]
+    name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
+    if not name:
+        return fallback
+    if len(name) > 120:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: 110] + dot + ext[:9]) if dot and len(ext) < 10 else name[:120]
+    return name
+
+
+class AttachmentStore:
+    """Writes attachment bytes durably before the message that names them is committed."""
+
+    def __init__(self, root: str | Path, *, max_bytes: int) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+
+    def path_of(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    async def put(self, data: bytes, *, name: str, content_type: str) -> Attachment:
+        """Store ``data`` (fsynced) and describe it; TooLarge above the configured limit."""
+        if len(data) > self.max_bytes:
+            raise TooLarge(f"attachment {safe_filename(name)!r} is {len(data)} bytes; "
+                           f"the limit is {self.max_bytes} bytes")
+        digest = hashlib.sha256(data).hexdigest()
+        await asyncio.to_thread(self._write, digest, data)
+        ctype = content_type.split(";")[0].strip().lower() or "application/octet-stream"
+        return Attachment(name=safe_filename(name), content_type=ctype, size=len(data),
+                          sha256=digest)
+
+    def _write(self, digest: str, data: bytes) -> None:
+        target = self.path_of(digest)
+        if target.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename is durable only once the directory is synced
+        finally:
+            os.close(dir_fd)

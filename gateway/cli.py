@@ -1,0 +1,187 @@
+"""``intake-gateway serve | check-config | schema | tail``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+from gateway.config import Config, load_config
+from gateway.errors import ConfigError
+
+DEFAULT_DATA_DIR = "./intake-data"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="TOML config (default: built-in defaults)")
+    common.add_argument("--data-dir", metavar="DIR", default=DEFAULT_DATA_DIR,
+                        help=f"where the store and attachments live (default {DEFAULT_DATA_DIR})")
+    p = argparse.ArgumentParser(prog="intake-gateway", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", parents=[common], help="run the gateway")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="HTTP listener (default from "
+                       "config, 127.0.0.1:8080)")
+    sub.add_parser("check-config", parents=[common], help="validate the config and exit")
+    schema = sub.add_parser("schema", parents=[common], help="print or write the JSON Schemas")
+    schema.add_argument("--out", metavar="DIR", help="write one file per schema into DIR")
+    tail = sub.add_parser("tail", parents=[common], help="print queued events as JSON lines")
+    tail.add_argument("--consumer", default="default",
+                      help="named consumer whose position persists (default: 'default')")
+    tail.add_argument("--from-start", action="store_true", help="start at the first event")
+    tail.add_argument("--follow", "-f", action="store_true", help="wait for new events")
+    tail.add_argument("--max", type=int, default=0, help="stop after this many events")
+    replay = sub.add_parser("replay", parents=[common],
+                            help="list or re-publish dead-lettered events")
+    replay.add_argument("--list", action="store_true", help="only list them")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+        if args.command == "serve":
+            return _serve(config, args)
+        if args.command == "check-config":
+            return _check(config, args)
+        if args.command == "schema":
+            return _schema(args.out)
+        if args.command == "tail":
+            return _tail(args)
+        if args.command == "replay":
+            return asyncio.run(_replay(config, args))
+    except ConfigError as exc:
+        print(f"intake-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from gateway.runtime import Gateway, serve
+
+    gw = Gateway(config, args.data_dir, listen=args.listen)
+    asyncio.run(serve(gw))
+    return 0
+
+
+def _check(config: Config, args: argparse.Namespace) -> int:
+    from gateway.runtime import Gateway
+
+    gw = Gateway(config, args.data_dir)
+    kinds = ", ".join(a.kind for a in gw.adapters) or "none"
+    print(f"config OK: listen {gw.listen}, store {config.store.backend}, "
+          f"queue {config.queue.backend}, adapters: {kinds}")
+    return 0
+
+
+def _schema(out: str | None) -> int:
+    from schemas.export import export_schemas
+
+    docs = export_schemas()
+    if out is None:
+        sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(docs), indent=2) + b"\n")
+        return 0
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, doc in docs.items():
+        (folder / f"{name}.json").write_bytes(msgspec.json.format(msgspec.json.encode(doc),
+                                                                  indent=2) + b"\n")
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from gateway.store.sqlite import read_events
+
+    data_dir = Path(args.data_dir)
+    db_path = data_dir / "intake.sqlite3"
+    while not db_path.exists():
+        if not args.follow:
+            print(f"intake-gateway: no store at {db_path}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    events = sqlite3.connect(db_path, isolation_level=None)
+    events.execute("PRAGMA busy_timeout = 10000")
+    offsets = sqlite3.connect(data_dir / "consumers.sqlite3", isolation_level=None)
+    offsets.execute("PRAGMA journal_mode = WAL")
+    offsets.execute("CREATE TABLE IF NOT EXISTS consumers(name TEXT PRIMARY KEY,"
+                    " position INTEGER NOT NULL)")
+    row = offsets.execute("SELECT position FROM consumers WHERE name = ?",
+                          (args.consumer,)).fetchone()
+    position = 0 if args.from_start or row is None else int(row[0])
+    out = sys.stdout.buffer
+    printed = 0
+    while True:
+        try:
+            rows = read_events(events, position, 500)
+        except sqlite3.OperationalError:
+            rows = []  # the gateway is creating the schema; try again
+        if args.max:
+            rows = rows[: args.max - printed]
+        for _seq, body in rows:
+            out.write(body + b"\n")
+        if rows:
+            out.flush()
+            # Commit the position only after the lines are out: at least once, never skipped.
+            position = rows[-1][0]
+            printed += len(rows)
+            offsets.execute("INSERT INTO consumers(name, position) VALUES (?, ?) ON CONFLICT(name)"
+                            " DO UPDATE SET position = excluded.position",
+                            (args.consumer, position))
+        if args.max and printed >= args.max:
+            return 0
+        if not rows:
+            if not args.follow:
+                return 0
+            time.sleep(0.25)
+
+
+async def _replay(config: Config, args: argparse.Namespace) -> int:
+    from gateway.config import convert_section
+    from gateway.contracts import PUBLISHER_GROUP
+    from gateway.errors import IntakeError
+    from gateway.registry import load_plugin
+    from gateway.relay import read_dead_letters
+
+    db = sqlite3.connect(Path(args.data_dir) / "intake.sqlite3", isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 10000")
+    backend = config.queue.backend
+    letters = read_dead_letters(db, backend)
+    for event, attempts, error in letters:
+        print(f"seq {event.seq}\t{event.type}\t{event.subject}\t{attempts} attempts\t{error}")
+    if args.list or not letters:
+        print(f"{len(letters)} dead-lettered event(s) for {backend}", file=sys.stderr)
+        return 0
+    cls = load_plugin(PUBLISHER_GROUP, backend)
+    publisher = cls(convert_section(config.queue.settings, cls.Config, where="queue.settings"))
+    await publisher.start()
+    done = 0
+    try:
+        for event, _attempts, _error in letters:
+            try:
+                await publisher.publish([event])
+            except IntakeError as exc:
+                print(f"seq {event.seq}: still refused: {exc}", file=sys.stderr)
+                continue
+            db.execute("DELETE FROM dead_letters WHERE publisher = ? AND seq = ?",
+                       (backend, event.seq))
+            done += 1
+    finally:
+        await publisher.close()
+    print(f"re-published {done} of {len(letters)} event(s) to {backend}", file=sys.stderr)
+    return 0 if done == len(letters) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""One typed configuration, read from TOML.
+
+The root :class:`Config` and every section forbid unknown keys, so a typo fails at start with the
+key's path. Each adapter's and publisher's table is converted into that plug-in's own ``Config``
+Struct by :mod:`gateway.registry`. Secrets are never values in the file: a key names an environment
+variable (``*_env``) or a file (``*_file``) and :func:`resolve_secret` reads it once at start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.ack_dispatch import AckPolicy
+from gateway.errors import ConfigError
+from gateway.numbering import NumberingConfig
+from gateway.sla import CalendarConfig, TargetsConfig
+from gateway.triage import TriageConfig
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base for config sections: immutable, keyword-only, unknown keys rejected."""
+
+
+class ServerConfig(_Section):
+    """The HTTP listener shared by the web form, the API, webhooks, health and events."""
+
+    listen: str = "127.0.0.1:8080"
+    public_url: str | None = None
+    """The URL customers and providers use to reach us (behind a proxy); used for signatures."""
+    max_body_bytes: int = 26_214_400
+    """Largest request body accepted by any route (413 above it)."""
+    events_token_env: str | None = None
+    """Environment variable holding the bearer token ``GET /v1/events`` requires; required when
+    listening off loopback."""
+    events_token_file: str | None = None
+
+
+class StoreConfig(_Section):
+    """Where tickets, messages and the outbox live."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    path: str | None = None
+    """SQLite database file; default ``<data-dir>/intake.sqlite3``."""
+    dsn_env: str | None = None
+    """PostgreSQL: the environment variable holding the DSN (it may carry a password)."""
+    group_commit_max: int = 512
+    """Most submissions folded into one SQLite transaction (one fsync)."""
+
+
+class IntakeConfig(_Section):
+    """Pipeline windows and defaults."""
+
+    duplicate_window: str = "24h"
+    """Same contact + same content within this window is a ``duplicate``."""
+    chat_followup_window: str = "24h"
+    """On chat channels, a message within this window of the contact's open ticket joins it."""
+    default_locale: str = "zh-CN"
+    """Locale of acknowledgements when the message does not say (zh-CN, zh-TW or en)."""
+    event_source: str = "urn:intake-gateway"
+    """CloudEvents ``source`` of every event."""
+    max_text_chars: int = 100_000
+    max_attachment_bytes: int = 10_485_760
+    max_attachments: int = 10
+
+
+class AttachmentsConfig(_Section):
+    """Attachment storage (content-addressed files under the data directory)."""
+
+    path: str | None = None
+    """Default ``<data-dir>/attachments``."""
+
+
+class QueueConfig(_Section):
+    """The downstream queue: ``embedded`` by default, or a registered publisher kind."""
+
+    backend: str = "embedded"
+    settings: dict[str, Any] = {}
+    """The publisher's own options, converted into its ``Config`` (unknown keys rejected)."""
+    batch_size: int = 256
+    max_attempts: int = 20
+    """Attempts before an event goes to the dead-letter table."""
+
+
+class Config(_Section):
+    """The root of ``gateway.toml``; every key is documented in ``deploy/gateway.example.toml``."""
+
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    intake: IntakeConfig = IntakeConfig()
+    attachments: AttachmentsConfig = AttachmentsConfig()
+    numbering: NumberingConfig = NumberingConfig()
+    calendar: CalendarConfig = CalendarConfig()
+    targets: TargetsConfig = TargetsConfig()
+    triage: TriageConfig = TriageConfig()
+    queue: QueueConfig = QueueConfig()
+    acks: AckPolicy = AckPolicy()
+    adapters: dict[str, dict[str, Any]] = {}
+    """``[adapters.<kind>]`` tables, one per adapter; each has at least ``enabled``."""
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate the TOML file at ``path``; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    return parse_config(raw, origin=str(path))
+
+
+def parse_config(raw: bytes | str, *, origin: str = "<config>") -> Config:
+    """Decode TOML text into :class:`Config`, naming the offending key on any error."""
+    try:
+        return msgspec.toml.decode(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{origin}: {_describe(exc)}") from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
+
+
+def convert_section(table: dict[str, Any], type_: type[msgspec.Struct], *, where: str) -> Any:
+    """Convert a plug-in's table into its Config Struct; errors name ``where`` + the key."""
+    try:
+        return msgspec.convert(table, type_)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {_describe(exc)}") from exc
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    # msgspec says "... - at `$.server.listen`"; config users think in dotted TOML keys.
+    text = str(exc)
+    return re.sub(r"`\$\.?([^`]*)`", lambda m: f"`{m.group(1) or '(root)'}`", text)
+
+
+def resolve_secret(env: str | None, file: str | None, *, key: str) -> str | None:
+    """Read a secret from the environment variable ``env`` or the file ``file`` (one of them).
+
+    Raises ConfigError naming ``key`` when the named variable or file is missing or empty.
+    """
+    if env and file:
+        raise ConfigError(f"{key}: give either {key}_env or {key}_file, not both")
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigError(f"{key}_env names ${env}, which is not set or empty")
+        return value
+    if file:
+        try:
+            value = Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}_file: cannot read {file}: {exc.strerror}") from exc
+        if not value:
+            raise ConfigError(f"{key}_file: {file} is empty")
+        return value
+    return None
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, *, key: str) -> timedelta:
+    """``"90s"``, ``"15m"``, ``"24h"``, ``"7d"`` → timedelta; else ConfigError naming ``key``."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"{key}: expected a duration like '30s', '15m', '24h' or '7d', "
+                          f"got {text!r}")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def split_listen(listen: str, *, key: str = "server.listen") -> tuple[str, int]:
+    """``"host:port"`` (IPv6 in brackets) → (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,282 @@
+"""The decision of one submission, inside one store transaction.
+
+:func:`decide_and_record` runs in the store's transaction and decides ``replayed``, ``followup``,
+``duplicate`` or ``created``, then writes every effect (message, ticket, acknowledgement outbox
+row, event) through the :class:`Tx` protocol. Everything that does not need the database (triage,
+fingerprint, response target, identities) is computed before, in :class:`SubmissionPlan`.
+Keeping this one function the only place that decides makes the SQLite and PostgreSQL stores
+agree by construction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Protocol
+
+import msgspec
+
+from gateway.numbering import TicketNumbering
+from gateway.triage import TriageResult
+from schemas import (
+    ContactView,
+    DuplicateReceived,
+    DuplicateReceivedData,
+    InboundMessage,
+    MessageAdded,
+    MessageAddedData,
+    MessageView,
+    Outcome,
+    Priority,
+    TicketCreated,
+    TicketCreatedData,
+    TicketView,
+)
+
+_encode = msgspec.json.Encoder().encode
+
+
+class OutboxAck(msgspec.Struct, frozen=True, kw_only=True):
+    """An acknowledgement to send later through a channel's sender (not in the response)."""
+
+    channel: str
+    """Sender channel: ``email``, ``sms``, ``telegram``..."""
+    to: str
+    reply_to: str | None = None
+    """The provider id to answer (email Message-ID, chat message id), if the channel threads."""
+
+
+class SubmissionPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything about a submission that could be computed without the database."""
+
+    message: InboundMessage
+    message_uid: str
+    delivery_key: str | None
+    identities: list[tuple[str, str]]
+    fingerprint: str
+    triage: TriageResult
+    due_at: datetime
+    number_day: date
+    numbers_named: list[str]
+    """Valid ticket numbers the message names (thread hint first, then the subject)."""
+    duplicate_since: datetime
+    chat_since: datetime | None
+    outbox_acks: list[OutboxAck]
+    """Acks for the dispatcher; empty when the adapter answers inline or loop policy says no."""
+    ack_on: tuple[Outcome, ...]
+    """Outcomes for which ``outbox_acks`` are written."""
+    inline_ack: bool
+    event_source: str
+
+
+class TicketRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A ticket as the decision needs it."""
+
+    id: int
+    number: str
+    contact_id: int
+    kind: str
+    area: str
+    priority: Priority
+    escalated: bool
+    channel: str
+    created_at: datetime
+    due_at: datetime
+
+
+class StoredReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    """The facts of a receipt as stored with the message, so a replay can repeat them."""
+
+    outcome: Outcome
+    ticket_number: str
+    message_uid: str
+    priority: Priority
+    due_at: datetime
+    acknowledge: bool
+
+
+class Tx(Protocol):
+    """What the decision needs from a store transaction. Times are aware UTC datetimes."""
+
+    def find_receipt(self, delivery_key: str) -> StoredReceipt | None:
+        """The receipt stored with an earlier delivery of the same key."""
+        ...
+
+    def resolve_contact(
+        self, identities: list[tuple[str, str]], name: str | None, customer_type: str | None
+    ) -> tuple[int, ContactView]:
+        """Find the contact owning any identity (oldest wins), create it if none, link the rest.
+
+        Returns the store's contact key and the contact as downstream sees it."""
+        ...
+
+    def ticket_by_number(self, number: str) -> TicketRow | None: ...
+
+    def ticket_by_reference(self, refs: list[str]) -> TicketRow | None:
+        """The ticket one of our acknowledgements (its provider message id) belongs to."""
+        ...
+
+    def recent_open_ticket(self, contact_id: int, since: datetime) -> TicketRow | None:
+        """The contact's open ticket touched most recently, if at or after ``since``."""
+        ...
+
+    def duplicate_of(
+        self, contact_id: int, fingerprint: str, since: datetime
+    ) -> tuple[TicketRow, str] | None:
+        """The ticket and message uid of the first message with this fingerprint since ``since``."""
+        ...
+
+    def next_sequence(self, scope: str) -> int: ...
+
+    def insert_ticket(self, *, number: str, contact_id: int, plan: SubmissionPlan) -> TicketRow: ...
+
+    def insert_message(
+        self, *, plan: SubmissionPlan, ticket_id: int, contact_id: int, receipt: StoredReceipt
+    ) -> None: ...
+
+    def touch_ticket(self, ticket_id: int, at: datetime) -> None: ...
+
+    def insert_ack(
+        self, *, ticket_id: int, message_uid: str, ack: OutboxAck, payload: bytes
+    ) -> None: ...
+
+    def append_event(
+        self, *, event_id: str, type_: str, subject: str, priority: str | None, body: bytes
+    ) -> int:
+        """Append to the event outbox; returns its sequence number."""
+        ...
+
+
+class AckFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What the ack dispatcher needs to render an acknowledgement later."""
+
+    ticket_number: str
+    outcome: Outcome
+    due_at: datetime
+    locale: str | None
+    subject: str
+
+
+def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) -> StoredReceipt:
+    """Decide the outcome of ``plan`` and write its effects through ``tx``; see module docstring."""
+    if plan.delivery_key is not None:
+        earlier = tx.find_receipt(plan.delivery_key)
+        if earlier is not None:
+            return earlier
+
+    msg = plan.message
+    contact_id, contact = tx.resolve_contact(plan.identities, msg.contact.name, msg.customer_type)
+
+    ticket: TicketRow | None = None
+    matched_by = ""
+    if msg.thread.in_reply_to or msg.thread.references:
+        refs = [r for r in (msg.thread.in_reply_to, *msg.thread.references) if r]
+        # Our acknowledgements' ids are random and only their recipient saw them, so a message
+        # naming one belongs to that ticket whoever sends it: a customer's colleague answering a
+        # forwarded acknowledgement, or a bounce of the acknowledgement itself (which must never
+        # open a ticket of its own).
+        ticket = tx.ticket_by_reference(refs)
+        matched_by = "reply_header"
+    if ticket is None:
+        for number in plan.numbers_named:
+            candidate = tx.ticket_by_number(number)
+            # No hijacking: a number only joins a ticket when it comes from that ticket's contact.
+            if candidate is not None and candidate.contact_id == contact_id:
+                ticket, matched_by = candidate, "ticket_number"
+                break
+    view = _message_view(plan)
+    now = msg.received_at
+    if ticket is None:
+        # The same content again is a duplicate before it is a chat follow-up: the customer
+        # is told "we already have it" rather than nothing.
+        found = tx.duplicate_of(contact_id, plan.fingerprint, plan.duplicate_since)
+        if found is not None:
+            return _duplicate(tx, plan, contact, contact_id, view, *found)
+    if ticket is None and plan.chat_since is not None:
+        ticket = tx.recent_open_ticket(contact_id, plan.chat_since)
+        matched_by = "chat_window"
+
+    if ticket is not None:
+        receipt = _receipt("followup", ticket, plan)
+        tx.insert_message(plan=plan, ticket_id=ticket.id, contact_id=contact_id, receipt=receipt)
+        tx.touch_ticket(ticket.id, now)
+        event = MessageAdded(
+            id=_event_id(), source=plan.event_source, subject=ticket.number, time=now,
+            priority=ticket.priority,
+            data=MessageAddedData(ticket=_ticket_view(ticket), contact=contact, message=view,
+                                  matched_by=matched_by),
+        )
+        _effects(tx, plan, ticket, receipt, event)
+        return receipt
+
+    seq = tx.next_sequence(numbering.scope(plan.number_day))
+    number = numbering.format(plan.number_day, seq)
+    ticket = tx.insert_ticket(number=number, contact_id=contact_id, plan=plan)
+    receipt = _receipt("created", ticket, plan)
+    tx.insert_message(plan=plan, ticket_id=ticket.id, contact_id=contact_id, receipt=receipt)
+    created = TicketCreated(
+        id=_event_id(), source=plan.event_source, subject=number, time=now,
+        priority=ticket.priority,
+        data=TicketCreatedData(ticket=_ticket_view(ticket), contact=contact, message=view,
+                               acknowledged_inline=plan.inline_ack and receipt.acknowledge),
+    )
+    _effects(tx, plan, ticket, receipt, created)
+    return receipt
+
+
+def _duplicate(tx: Tx, plan: SubmissionPlan, contact: ContactView, contact_id: int,
+               view: MessageView, ticket: TicketRow, first_uid: str) -> StoredReceipt:
+    receipt = _receipt("duplicate", ticket, plan)
+    tx.insert_message(plan=plan, ticket_id=ticket.id, contact_id=contact_id, receipt=receipt)
+    dup = DuplicateReceived(
+        id=_event_id(), source=plan.event_source, subject=ticket.number,
+        time=plan.message.received_at, priority=ticket.priority,
+        data=DuplicateReceivedData(ticket=_ticket_view(ticket), contact=contact, message=view,
+                                   first_message_id=first_uid),
+    )
+    _effects(tx, plan, ticket, receipt, dup)
+    return receipt
+
+
+def _effects(
+    tx: Tx, plan: SubmissionPlan, ticket: TicketRow, receipt: StoredReceipt,
+    event: TicketCreated | MessageAdded | DuplicateReceived,
+) -> None:
+    tx.append_event(event_id=event.id, type_=_type_of(event), subject=ticket.number,
+                    priority=ticket.priority, body=_encode(event))
+    if receipt.outcome not in plan.ack_on:
+        return
+    facts = _encode(AckFacts(ticket_number=ticket.number, outcome=receipt.outcome,
+                             due_at=ticket.due_at, locale=plan.message.locale,
+                             subject=plan.message.subject))
+    for ack in plan.outbox_acks:
+        tx.insert_ack(ticket_id=ticket.id, message_uid=plan.message_uid, ack=ack, payload=facts)
+
+
+def _type_of(event: TicketCreated | MessageAdded | DuplicateReceived) -> str:
+    return type(event).__struct_config__.tag  # type: ignore[return-value]
+
+
+def _receipt(outcome: Outcome, ticket: TicketRow, plan: SubmissionPlan) -> StoredReceipt:
+    return StoredReceipt(outcome=outcome, ticket_number=ticket.number, message_uid=plan.message_uid,
+                         priority=ticket.priority, due_at=ticket.due_at,
+                         acknowledge=not plan.message.auto_submitted)
+
+
+def _ticket_view(t: TicketRow) -> TicketView:
+    return TicketView(number=t.number, kind=t.kind, area=t.area, priority=t.priority,  # type: ignore[arg-type]
+                      created_at=t.created_at, due_at=t.due_at, channel=t.channel,
+                      escalated=t.escalated)
+
+
+def _message_view(plan: SubmissionPlan) -> MessageView:
+    m = plan.message
+    return MessageView(id=plan.message_uid, channel=m.channel, received_at=m.received_at,
+                       subject=m.subject, text=m.text, html=m.html, attachments=m.attachments,
+                       locale=m.locale, auto_submitted=m.auto_submitted,
+                       order_number=m.order_number, device_model=m.device_model,
+                       metadata=m.metadata)
+
+
+def _event_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,189 @@
+"""The pipeline every channel shares: validate, plan, commit, answer.
+
+:class:`IntakeService` implements :class:`gateway.contracts.Intake`. It computes everything that
+needs no database (triage, fingerprint, response target, identities, ticket numbers named) in the
+event loop, then hands one :class:`~gateway.decision.SubmissionPlan` to the store, whose single
+transaction decides the outcome (:mod:`gateway.decision`). ``submit`` returns only after that
+transaction is durable.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Protocol
+
+from prometheus_client import Counter, Histogram
+
+from gateway.acks import pick_locale, render_ack
+from gateway.attachments import AttachmentStore
+from gateway.config import Config, parse_duration
+from gateway.decision import (
+    OutboxAck,
+    StoredReceipt,
+    SubmissionPlan,
+    decide_and_record,
+)
+from gateway.errors import RejectedInput, TooLarge
+from gateway.fingerprint import content_fingerprint, normalize_for_dedup
+from gateway.numbering import TicketNumbering
+from gateway.sla import BusinessCalendar, due_at
+from gateway.triage import Triager
+from schemas import Attachment, InboundMessage, Receipt
+
+SUBMITTED = Counter("intake_messages_total", "Messages submitted, by channel and outcome",
+                    ["channel", "outcome"])
+REJECTED = Counter("intake_rejected_total", "Messages refused before the store, by channel",
+                   ["channel"])
+SUBMIT_SECONDS = Histogram("intake_submit_seconds", "Time from submit to durable receipt",
+                           buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+
+
+class RunsDecision(Protocol):
+    """The part of a store the intake needs: run the decision in one durable transaction."""
+
+    async def run(self, fn): ...  # type: ignore[no-untyped-def]
+
+
+class IntakeService:
+    """What adapters call: :meth:`submit` and :meth:`store_attachment`."""
+
+    def __init__(self, config: Config, store: RunsDecision, attachments: AttachmentStore,
+                 *, sms_ack_available: bool = False) -> None:
+        self.config = config
+        self.store = store
+        self.attachments = attachments
+        self.numbering = TicketNumbering(config.numbering)
+        self.calendar = BusinessCalendar(config.calendar)
+        self.triager = Triager(config.triage)
+        self.duplicate_window = parse_duration(config.intake.duplicate_window,
+                                               key="intake.duplicate_window")
+        self.chat_window = parse_duration(config.intake.chat_followup_window,
+                                          key="intake.chat_followup_window")
+        self.sms_ack_available = sms_ack_available
+
+    async def store_attachment(self, data: bytes, *, name: str, content_type: str) -> Attachment:
+        return await self.attachments.put(data, name=name, content_type=content_type)
+
+    async def submit(self, message: InboundMessage, *, ack_via: OutboxAck | None = None,
+                     inline_reaches_phone: bool = False) -> Receipt:
+        """See :meth:`gateway.contracts.Intake.submit`.
+
+        ``ack_via`` names the outbox route for channels that cannot answer in their own
+        response; ``None`` means the adapter shows the receipt's acknowledgement itself.
+        ``inline_reaches_phone`` says that inline answer already lands on the customer's phone
+        (an SMS or WhatsApp reply), so high priority needs no extra SMS.
+        """
+        started = time.perf_counter()
+        try:
+            self._validate(message)
+        except RejectedInput:
+            REJECTED.labels(message.channel).inc()
+            raise
+        plan = self._plan(message, ack_via, inline_reaches_phone)
+        stored: StoredReceipt = await self.store.run(
+            lambda tx: decide_and_record(tx, plan, self.numbering))
+        outcome = "replayed" if stored.message_uid != plan.message_uid else stored.outcome
+        SUBMITTED.labels(message.channel, outcome).inc()
+        SUBMIT_SECONDS.observe(time.perf_counter() - started)
+        return self.receipt(stored, outcome=outcome, locale=message.locale)
+
+    def receipt(self, stored: StoredReceipt, *, outcome: str, locale: str | None) -> Receipt:
+        """Turn stored facts into the Receipt adapters answer with (ack rendered here)."""
+        ack = None
+        if stored.acknowledge:
+            ack = render_ack(number=stored.ticket_number, outcome=outcome,  # type: ignore[arg-type]
+                             due_at=stored.due_at,
+                             locale=pick_locale(locale, self.config.intake.default_locale),
+                             calendar=self.calendar)
+        return Receipt(outcome=outcome, ticket_number=stored.ticket_number,  # type: ignore[arg-type]
+                       message_id=stored.message_uid, priority=stored.priority,
+                       due_at=stored.due_at, acknowledgement=ack)
+
+    def _validate(self, m: InboundMessage) -> None:
+        limits = self.config.intake
+        if not m.text.strip() and not m.attachments and not m.subject.strip():
+            raise RejectedInput("the message is empty: write some text or attach a file",
+                                field="text")
+        if len(m.text) > limits.max_text_chars:
+            raise TooLarge(f"the text has {len(m.text)} characters; the limit is "
+                           f"{limits.max_text_chars}")
+        if len(m.attachments) > limits.max_attachments:
+            raise TooLarge(f"{len(m.attachments)} attachments; the limit is "
+                           f"{limits.max_attachments}")
+        if not identities_of(m):
+            raise RejectedInput("the contact needs an email address, a phone number or a chat "
+                                "id so that we can answer", field="contact")
+        if m.received_at.tzinfo is None:
+            raise RejectedInput("received_at must carry a time zone", field="received_at")
+
+    def _plan(self, m: InboundMessage, ack_via: OutboxAck | None,
+              inline_reaches_phone: bool) -> SubmissionPlan:
+        received = m.received_at.astimezone(UTC)
+        tri = self.triager.classify(m)
+        named: list[str] = []
+        if m.thread.ticket_number:
+            typed = self.numbering.parse(m.thread.ticket_number)
+            if typed:
+                named.append(typed)
+        for found in self.numbering.find_in(m.subject):
+            if found not in named:
+                named.append(found)
+        outbox: list[OutboxAck] = []
+        if not m.auto_submitted:
+            if ack_via is not None:
+                outbox.append(ack_via)
+            # High priority: the customer is also told by SMS where a number is known (DESIGN.md),
+            # unless they wrote by SMS already or no SMS sender is configured.
+            answered_on_phone = (inline_reaches_phone if ack_via is None
+                                 else ack_via.channel in ("sms", "whatsapp"))
+            if tri.escalated and m.contact.phone and self.sms_ack_available \
+                    and not answered_on_phone:
+                outbox.append(OutboxAck(channel="sms", to=m.contact.phone))
+        delivery_key = None
+        if m.provider_message_id:
+            delivery_key = f"{m.channel}\x1f{m.delivery_scope}\x1f{m.provider_message_id}"
+        local_day = received.astimezone(self.calendar.tz).date()
+        return SubmissionPlan(
+            message=m,
+            message_uid=str(uuid.uuid4()),
+            delivery_key=delivery_key,
+            identities=identities_of(m),
+            fingerprint=_fingerprint(m),
+            triage=tri,
+            due_at=due_at(received, tri.priority, self.config.targets, self.calendar),
+            number_day=local_day,
+            numbers_named=named,
+            duplicate_since=received - self.duplicate_window,
+            chat_since=(received - self.chat_window) if m.conversational else None,
+            outbox_acks=outbox,
+            ack_on=("created", "duplicate"),
+            inline_ack=ack_via is None,
+            event_source=self.config.intake.event_source,
+        )
+
+
+def _fingerprint(m: InboundMessage) -> str:
+    """The duplicate fingerprint; a message with no words is told apart by its files."""
+    if m.attachments and not normalize_for_dedup(m.text):
+        files = " ".join(sorted(a.sha256 for a in m.attachments))
+        return content_fingerprint(m.subject, f"{m.text}\n{files}")
+    return content_fingerprint(m.subject, m.text)
+
+
+def identities_of(m: InboundMessage) -> list[tuple[str, str]]:
+    """The identities a message carries, each as (kind, value), in a stable order."""
+    ids: list[tuple[str, str]] = []
+    if m.contact.email:
+        ids.append(("email", m.contact.email.strip().lower()))
+    if m.contact.phone:
+        ids.append(("phone", m.contact.phone))
+    for network, chat_id in sorted(m.contact.chat_ids.items()):
+        ids.append((f"chat:{network}", chat_id))
+    return ids
+
+
+def now_utc() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.fromtimestamp(time.time(), tz=UTC)

@@ -1,0 +1,189 @@
+"""Builds a running gateway from its config: store, intake, adapters, queue, HTTP listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.ack_dispatch import AckDispatcher
+from gateway.attachments import AttachmentStore
+from gateway.config import (
+    Config,
+    convert_section,
+    is_loopback,
+    resolve_secret,
+    split_listen,
+)
+from gateway.contracts import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterContext
+from gateway.errors import ConfigError, TransientError
+from gateway.http import create_app
+from gateway.intake import IntakeService
+from gateway.queues.embedded import EventWaiters
+from gateway.registry import load_plugin, load_plugins
+from gateway.relay import EventRelay
+from gateway.store.sqlite import SqliteStore
+
+log = logging.getLogger("intake")
+
+
+class Gateway:
+    """One gateway process. ``await start()``, serve, ``await stop()``."""
+
+    def __init__(self, config: Config, data_dir: str | Path, *, listen: str | None = None) -> None:
+        self.config = config
+        self.data_dir = Path(data_dir).resolve()
+        self.listen = listen or config.server.listen
+        self.host, self.port = split_listen(self.listen)
+        if self.port == 0:
+            # Adapters need their public URL (webhook signatures) when they are built, so a
+            # request for "any port" is settled now rather than after binding.
+            self.port = _free_port(self.host)
+        self.events_token: str | None = resolve_secret(
+            config.server.events_token_env, config.server.events_token_file,
+            key="server.events_token")
+        store_path = config.store.path or str(self.data_dir / "intake.sqlite3")
+        if config.store.backend != "sqlite":
+            raise ConfigError(f"store.backend = {config.store.backend!r} is not available in "
+                              "this build; use 'sqlite'")
+        self.store = SqliteStore(store_path, group_commit_max=config.store.group_commit_max)
+        self.attachments = AttachmentStore(
+            config.attachments.path or self.data_dir / "attachments",
+            max_bytes=config.intake.max_attachment_bytes)
+        self.adapter_classes = load_plugins(ADAPTER_GROUP)
+        unknown = set(config.adapters) - set(self.adapter_classes)
+        if unknown:
+            raise ConfigError(f"adapters.{sorted(unknown)[0]}: no adapter of that kind is "
+                              f"installed; installed: {', '.join(self.adapter_classes)}")
+        self.adapter_configs: dict[str, Any] = {
+            kind: convert_section(config.adapters.get(kind, {}), cls.Config,
+                                  where=f"adapters.{kind}")
+            for kind, cls in self.adapter_classes.items()
+        }
+        publisher_cls = load_plugin(PUBLISHER_GROUP, config.queue.backend)
+        self.publisher = publisher_cls(convert_section(
+            config.queue.settings, publisher_cls.Config, where="queue.settings"))
+        # An adapter is an ack sender when it declares the channels it sends on (AckSender).
+        senders = [cls for kind, cls in self.adapter_classes.items()
+                   if getattr(self.adapter_configs[kind], "enabled", True)
+                   and getattr(cls, "ack_channels", ())]
+        self.intake = IntakeService(
+            config, self.store, self.attachments,
+            sms_ack_available=any("sms" in getattr(c, "ack_channels", ()) for c in senders))
+        public_url = (config.server.public_url
+                      or f"http://{self.host if ':' not in self.host else f'[{self.host}]'}"
+                         f":{self.port}").rstrip("/")
+        self.context = AdapterContext(data_dir=str(self.data_dir), public_url=public_url,
+                                      listen_host=self.host,
+                                      default_locale=config.intake.default_locale)
+        self.adapters: list[Any] = [
+            cls(self.adapter_configs[kind], self.intake, self.context)
+            for kind, cls in self.adapter_classes.items()
+            if getattr(self.adapter_configs[kind], "enabled", True)
+        ]
+        self.senders: dict[str, Any] = {}
+        for adapter in self.adapters:
+            for channel in getattr(adapter, "ack_channels", ()):
+                if channel in self.senders:
+                    raise ConfigError(f"both {self.senders[channel].kind!r} and {adapter.kind!r} "
+                                      f"send acknowledgements on {channel!r}; disable one")
+                self.senders[channel] = adapter
+        self.dispatcher = AckDispatcher(
+            self.store, self.senders, policy=config.acks, calendar=self.intake.calendar,
+            default_locale=config.intake.default_locale, event_source=config.intake.event_source)
+        if not is_loopback(self.host):
+            self._refuse_open_listener()
+        self.waiters = EventWaiters(0)
+        self.relay: EventRelay | None = None
+        self._runner: web.AppRunner | None = None
+
+    def _refuse_open_listener(self) -> None:
+        # Off loopback, every door must be locked: an unauthenticated API or event feed would
+        # let anyone open tickets or read customer data.
+        for adapter in self.adapters:
+            if getattr(adapter, "requires_auth_off_loopback", False) and not adapter.authenticated:
+                raise ConfigError(
+                    f"refusing to listen on {self.listen} with the {adapter.kind!r} adapter "
+                    f"unauthenticated: set adapters.{adapter.kind}.secret_env (or _file), or "
+                    "listen on 127.0.0.1")
+        if self.events_token is None:
+            raise ConfigError(f"refusing to listen on {self.listen} with /v1/events open: set "
+                              "server.events_token_env (or _file), or listen on 127.0.0.1")
+
+    async def start(self) -> None:
+        """Open the store, start adapters and the publisher, then listen."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        self.waiters = EventWaiters(self.store.last_seq)
+        self.store.on_commit(self.waiters.committed)
+        if getattr(self.publisher, "relay_needed", True):
+            # A misconfigured publisher stops the start (ConfigError propagates); a broker
+            # that is merely down must not stop the gateway from accepting messages: the relay
+            # then keeps connecting in the background.
+            try:
+                await asyncio.wait_for(self.publisher.start(), 15)
+                connected = True
+            except (TransientError, TimeoutError):
+                log.warning("queue %s unreachable at start; events wait in the outbox",
+                            self.config.queue.backend)
+                connected = False
+            self.relay = EventRelay(self.store, self.publisher, name=self.config.queue.backend,
+                                    batch_size=self.config.queue.batch_size,
+                                    max_attempts=self.config.queue.max_attempts)
+            await self.relay.start(connected=connected)
+        else:
+            await self.publisher.start()
+        for adapter in self.adapters:
+            await adapter.start()
+        if self.senders:
+            await self.dispatcher.start()
+        app = create_app(self)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        log.info("listening on %s (data in %s)", self.url, self.data_dir)
+
+    @property
+    def url(self) -> str:
+        """The base URL of the HTTP listener."""
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop listening, let accepted work finish, close everything."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.dispatcher.stop()
+        for adapter in reversed(self.adapters):
+            await adapter.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        await self.publisher.close()
+        await self.store.close()
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+async def serve(gw: Gateway) -> None:
+    """Run until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await gw.start()
+    try:
+        await stop.wait()
+    finally:
+        await gw.stop()

@@ -1,0 +1,400 @@
+"""The embedded store: SQLite in WAL mode, one writer thread, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from gateway.decision import OutboxAck, StoredReceipt, SubmissionPlan, TicketRow
+from gateway.errors import TransientError
+from schemas import ContactView
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS contacts(
+    id INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, name TEXT, customer_type TEXT,
+    created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS identities(
+    kind TEXT NOT NULL, value TEXT NOT NULL, contact_id INTEGER NOT NULL REFERENCES contacts(id),
+    PRIMARY KEY(kind, value)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identities_contact ON identities(contact_id);
+CREATE TABLE IF NOT EXISTS sequences(scope TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tickets(
+    id INTEGER PRIMARY KEY, number TEXT NOT NULL UNIQUE, contact_id INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open', kind TEXT NOT NULL, area TEXT NOT NULL,
+    priority TEXT NOT NULL, escalated INTEGER NOT NULL, channel TEXT NOT NULL,
+    subject TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    due_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS tickets_contact ON tickets(contact_id, status, updated_at);
+CREATE TABLE IF NOT EXISTS messages(
+    id INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, ticket_id INTEGER NOT NULL,
+    contact_id INTEGER NOT NULL, channel TEXT NOT NULL, delivery_key TEXT UNIQUE,
+    outcome TEXT NOT NULL, received_at INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+    body BLOB NOT NULL, receipt BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_dedup ON messages(contact_id, fingerprint, received_at);
+CREATE TABLE IF NOT EXISTS ack_refs(ref TEXT PRIMARY KEY, ticket_id INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS acks(
+    id INTEGER PRIMARY KEY, ticket_id INTEGER NOT NULL, message_uid TEXT NOT NULL,
+    channel TEXT NOT NULL, recipient TEXT NOT NULL, reply_to TEXT, payload BLOB NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL, provider_id TEXT, last_error TEXT, sent_at INTEGER);
+CREATE INDEX IF NOT EXISTS acks_recipient ON acks(channel, recipient, sent_at);
+CREATE INDEX IF NOT EXISTS acks_due ON acks(status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS relay_positions(name TEXT PRIMARY KEY, position INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters(
+    seq INTEGER NOT NULL, publisher TEXT NOT NULL, attempts INTEGER NOT NULL,
+    last_error TEXT NOT NULL, failed_at INTEGER NOT NULL, PRIMARY KEY(publisher, seq))
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
+    subject TEXT NOT NULL, priority TEXT, created_at INTEGER NOT NULL, body BLOB NOT NULL);
+"""
+
+_receipt_decoder = msgspec.msgpack.Decoder(StoredReceipt)
+_encode_mp = msgspec.msgpack.Encoder().encode
+
+
+def _us(t: datetime) -> int:
+    """Aware datetime → microseconds since the epoch (what the tables store)."""
+    return int(t.timestamp() * 1_000_000)
+
+
+def _dt(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+
+
+class _Op:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: Callable[[Any], Any], future: asyncio.Future[Any],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # the caller was cancelled; the write happened anyway
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+class SqliteTx:
+    """:class:`gateway.decision.Tx` over one SQLite connection inside the writer's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.max_event_seq = 0
+
+    def find_receipt(self, delivery_key: str) -> StoredReceipt | None:
+        row = self.conn.execute(
+            "SELECT receipt FROM messages WHERE delivery_key = ?", (delivery_key,)).fetchone()
+        return None if row is None else _receipt_decoder.decode(row[0])
+
+    def resolve_contact(
+        self, identities: list[tuple[str, str]], name: str | None, customer_type: str | None
+    ) -> tuple[int, ContactView]:
+        c = self.conn
+        owner: int | None = None
+        for kind, value in identities:
+            row = c.execute("SELECT contact_id FROM identities WHERE kind = ? AND value = ?",
+                            (kind, value)).fetchone()
+            if row is not None and (owner is None or row[0] < owner):
+                owner = row[0]
+        if owner is None:
+            owner = c.execute(
+                "INSERT INTO contacts(uid, name, customer_type, created_at) VALUES (?, ?, ?, ?)",
+                (str(uuid.uuid4()), name, customer_type, time.time_ns() // 1000)).lastrowid
+        else:
+            # Later messages may bring a name or a customer type the first one lacked.
+            c.execute("UPDATE contacts SET name = coalesce(?, name),"
+                      " customer_type = coalesce(?, customer_type) WHERE id = ?",
+                      (name, customer_type, owner))
+        assert owner is not None
+        # An identity already owned by another contact stays there: linking is never a takeover.
+        c.executemany("INSERT OR IGNORE INTO identities(kind, value, contact_id) VALUES (?, ?, ?)",
+                      [(k, v, owner) for k, v in identities])
+        return owner, self._contact_view(owner)
+
+    def _contact_view(self, contact_id: int) -> ContactView:
+        uid, name, ctype = self.conn.execute(
+            "SELECT uid, name, customer_type FROM contacts WHERE id = ?", (contact_id,)).fetchone()
+        email = phone = None
+        chats: dict[str, str] = {}
+        for kind, value in self.conn.execute(
+                "SELECT kind, value FROM identities WHERE contact_id = ? ORDER BY kind, value",
+                (contact_id,)):
+            if kind == "email":
+                email = email or value
+            elif kind == "phone":
+                phone = phone or value
+            elif kind.startswith("chat:"):
+                chats.setdefault(kind[5:], value)
+        return ContactView(id=uid, name=name, email=email, phone=phone, chat_ids=chats,
+                           customer_type=ctype)
+
+    _TICKET_COLS = ("id, number, contact_id, kind, area, priority, escalated, channel,"
+                    " created_at, due_at")
+
+    def _ticket(self, row: tuple[Any, ...] | None) -> TicketRow | None:
+        if row is None:
+            return None
+        return TicketRow(id=row[0], number=row[1], contact_id=row[2], kind=row[3], area=row[4],
+                         priority=row[5], escalated=bool(row[6]), channel=row[7],
+                         created_at=_dt(row[8]), due_at=_dt(row[9]))
+
+    def ticket_by_number(self, number: str) -> TicketRow | None:
+        return self._ticket(self.conn.execute(
+            f"SELECT {self._TICKET_COLS} FROM tickets WHERE number = ?", (number,)).fetchone())
+
+    def ticket_by_reference(self, refs: list[str]) -> TicketRow | None:
+        for ref in refs:
+            row = self.conn.execute(
+                f"SELECT {self._TICKET_COLS} FROM tickets WHERE id ="
+                " (SELECT ticket_id FROM ack_refs WHERE ref = ?)", (ref,)).fetchone()
+            if row is not None:
+                return self._ticket(row)
+        return None
+
+    def recent_open_ticket(self, contact_id: int, since: datetime) -> TicketRow | None:
+        return self._ticket(self.conn.execute(
+            f"SELECT {self._TICKET_COLS} FROM tickets WHERE contact_id = ? AND status = 'open'"
+            " AND updated_at >= ? ORDER BY updated_at DESC LIMIT 1",
+            (contact_id, _us(since))).fetchone())
+
+    def duplicate_of(self, contact_id: int, fingerprint: str,
+                     since: datetime) -> tuple[TicketRow, str] | None:
+        row = self.conn.execute(
+            "SELECT ticket_id, uid FROM messages WHERE contact_id = ? AND fingerprint = ?"
+            " AND received_at >= ? ORDER BY received_at, id LIMIT 1",
+            (contact_id, fingerprint, _us(since))).fetchone()
+        if row is None:
+            return None
+        ticket = self._ticket(self.conn.execute(
+            f"SELECT {self._TICKET_COLS} FROM tickets WHERE id = ?", (row[0],)).fetchone())
+        assert ticket is not None
+        return ticket, row[1]
+
+    def next_sequence(self, scope: str) -> int:
+        row = self.conn.execute(
+            "INSERT INTO sequences(scope, value) VALUES (?, 1) ON CONFLICT(scope)"
+            " DO UPDATE SET value = value + 1 RETURNING value", (scope,)).fetchone()
+        return int(row[0])
+
+    def insert_ticket(self, *, number: str, contact_id: int, plan: SubmissionPlan) -> TicketRow:
+        m, tri = plan.message, plan.triage
+        now = _us(m.received_at)
+        ticket_id = self.conn.execute(
+            "INSERT INTO tickets(number, contact_id, kind, area, priority, escalated, channel,"
+            " subject, created_at, updated_at, due_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (number, contact_id, tri.kind, tri.area, tri.priority, int(tri.escalated), m.channel,
+             m.subject[:500], now, now, _us(plan.due_at))).lastrowid
+        assert ticket_id is not None
+        return TicketRow(id=ticket_id, number=number, contact_id=contact_id, kind=tri.kind,
+                         area=tri.area, priority=tri.priority, escalated=tri.escalated,
+                         channel=m.channel, created_at=_dt(now), due_at=_dt(_us(plan.due_at)))
+
+    def insert_message(self, *, plan: SubmissionPlan, ticket_id: int, contact_id: int,
+                       receipt: StoredReceipt) -> None:
+        m = plan.message
+        self.conn.execute(
+            "INSERT INTO messages(uid, ticket_id, contact_id, channel, delivery_key, outcome,"
+            " received_at, fingerprint, body, receipt) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (plan.message_uid, ticket_id, contact_id, m.channel, plan.delivery_key,
+             receipt.outcome, _us(m.received_at), plan.fingerprint, _encode_mp(m),
+             _encode_mp(receipt)))
+
+    def touch_ticket(self, ticket_id: int, at: datetime) -> None:
+        self.conn.execute("UPDATE tickets SET updated_at = max(updated_at, ?) WHERE id = ?",
+                          (_us(at), ticket_id))
+
+    def insert_ack(self, *, ticket_id: int, message_uid: str, ack: OutboxAck,
+                   payload: bytes) -> None:
+        self.conn.execute(
+            "INSERT INTO acks(ticket_id, message_uid, channel, recipient, reply_to, payload,"
+            " next_attempt_at) VALUES (?,?,?,?,?,?,?)",
+            (ticket_id, message_uid, ack.channel, ack.to, ack.reply_to, payload, 0))
+
+    def append_event(self, *, event_id: str, type_: str, subject: str, priority: str | None,
+                     body: bytes) -> int:
+        seq = self.conn.execute(
+            "INSERT INTO events(id, type, subject, priority, created_at, body)"
+            " VALUES (?,?,?,?,?,?)",
+            (event_id, type_, subject, priority, time.time_ns() // 1000, body)).lastrowid
+        assert seq is not None
+        self.max_event_seq = max(self.max_event_seq, seq)
+        return seq
+
+
+def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the database with the pragmas every connection needs."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: every commit is fsynced to the WAL before it returns. NORMAL would lose the
+        # last commits on power loss, and we answer "accepted" right after a commit.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+class SqliteStore:
+    """Embedded store: submissions go to one writer thread that commits them in groups.
+
+    ``run(fn)`` queues ``fn(tx)``; the writer drains the queue, runs each op in its own
+    SAVEPOINT inside one transaction, commits once (one fsync for the group), and only then
+    resolves the callers' futures. Readers use their own connection (WAL lets them run while the
+    writer writes).
+    """
+
+    def __init__(self, path: str | Path, *, group_commit_max: int = 512) -> None:
+        self.path = Path(path)
+        self.group_commit_max = group_commit_max
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._commit_listeners: list[Callable[[int], None]] = []
+        self.commits = 0
+        self.ops = 0
+        self.last_seq = 0
+
+    async def open(self) -> None:
+        """Create the schema if needed and start the writer thread."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path)
+        try:
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                         (str(SCHEMA_VERSION),))
+            self.last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        except sqlite3.Error as exc:
+            conn.close()
+            raise TransientError(f"cannot open the store at {self.path}: {exc}") from exc
+        self._reader = connect(self.path, readonly=True)
+        self._thread = threading.Thread(target=self._writer, args=(conn,), name="sqlite-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Finish queued work and stop the writer."""
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def on_commit(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(last_event_seq)`` on the event loop after commits that added events."""
+        self._commit_listeners.append(listener)
+
+    async def run(self, fn: Callable[[SqliteTx], T]) -> T:
+        """Run ``fn`` in the writer's transaction; return its result once it is durable."""
+        if self._thread is None:
+            raise TransientError("the store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Op(fn, future, loop))
+        return await future
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the read connection in a worker thread."""
+        def call() -> T:
+            with self._reader_lock:
+                if self._reader is None:
+                    raise TransientError("the store is closed")
+                return fn(self._reader)
+        return await asyncio.to_thread(call)
+
+    def _writer(self, conn: sqlite3.Connection) -> None:
+        tx = SqliteTx(conn)
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.group_commit_max:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    stop = True
+                    break
+                batch.append(op)
+            results = self._commit_batch(conn, tx, batch)
+            for op, (ok, value) in zip(batch, results, strict=True):
+                op.loop.call_soon_threadsafe(_settle, op.future, ok, value)
+        conn.close()
+
+    def _commit_batch(self, conn: sqlite3.Connection, tx: SqliteTx,
+                      batch: list[_Op]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
+        tx.max_event_seq = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                # One SAVEPOINT per op: a failing op is rolled back alone, the group still commits.
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append((True, op.fn(tx)))
+                    conn.execute("RELEASE op")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((False, exc))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            err = TransientError(f"the store could not commit: {exc}")
+            err.__cause__ = exc
+            return [(False, err)] * len(batch)
+        self.commits += 1
+        self.ops += len(batch)
+        if tx.max_event_seq:
+            self.last_seq = max(self.last_seq, tx.max_event_seq)
+            seq = self.last_seq
+            loop = batch[0].loop
+            for listener in self._commit_listeners:
+                loop.call_soon_threadsafe(listener, seq)
+        return results
+
+    # -- reads used by the embedded queue and the CLI -------------------------------------
+
+    async def events_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Committed events with ``seq > after``, oldest first, at most ``limit``."""
+        return await self.read(lambda c: read_events(c, after, limit))
+
+
+def read_events(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, bytes]]:
+    """Committed events after ``after`` on any connection (the CLI's ``tail`` uses its own)."""
+    return [(int(s), bytes(b)) for s, b in conn.execute(
+        "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))]

@@ -1,0 +1,68 @@
+"""The one schema of the intake gateway.
+
+Every channel's message becomes an :class:`InboundMessage`; every accepted message yields a
+:class:`Receipt`; every effect downstream is a CloudEvents 1.0 envelope (:mod:`schemas.events`).
+
+This package imports nothing of ours, so adapters, the core and downstream consumers can all
+depend on it. Evolution rule: fields are only ever added, always with a default.
+"""
+
+from schemas.events import (
+    AckFailed,
+    AckFailedData,
+    AckSent,
+    AckSentData,
+    CloudEvent,
+    ContactView,
+    DuplicateReceived,
+    DuplicateReceivedData,
+    Event,
+    MessageAdded,
+    MessageAddedData,
+    MessageView,
+    TicketCreated,
+    TicketCreatedData,
+    TicketView,
+)
+from schemas.message import (
+    Acknowledgement,
+    Area,
+    Attachment,
+    Contact,
+    CustomerType,
+    InboundMessage,
+    Kind,
+    Outcome,
+    Priority,
+    Receipt,
+    ThreadHints,
+)
+
+__all__ = [
+    "AckFailed",
+    "AckFailedData",
+    "AckSent",
+    "AckSentData",
+    "Acknowledgement",
+    "Area",
+    "Attachment",
+    "CloudEvent",
+    "Contact",
+    "ContactView",
+    "CustomerType",
+    "DuplicateReceived",
+    "DuplicateReceivedData",
+    "Event",
+    "InboundMessage",
+    "Kind",
+    "MessageAdded",
+    "MessageAddedData",
+    "MessageView",
+    "Outcome",
+    "Priority",
+    "Receipt",
+    "ThreadHints",
+    "TicketCreated",
+    "TicketCreatedData",
+    "TicketView",
+]

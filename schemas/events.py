@@ -1,0 +1,143 @@
+"""Downstream events: CloudEvents 1.0, structured JSON mode.
+
+Each event type is its own Struct, tagged by the CloudEvents ``type`` attribute, so
+``msgspec.json.decode(raw, type=Event)`` yields the right class. ``id`` is stable across
+re-deliveries: consumers deduplicate on it. ``subject`` is the ticket number.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from schemas.message import Area, Attachment, CustomerType, Kind, Outcome, Priority
+
+
+class ContactView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The contact as downstream sees it: our stable id plus the identities we know."""
+
+    id: str
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    chat_ids: dict[str, str] = {}
+    customer_type: CustomerType | None = None
+
+
+class MessageView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One stored message."""
+
+    id: str
+    channel: str
+    received_at: datetime
+    subject: str = ""
+    text: str
+    html: str | None = None
+    attachments: list[Attachment] = []
+    locale: str | None = None
+    auto_submitted: bool = False
+    order_number: str | None = None
+    device_model: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class TicketView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A ticket's triage and service target."""
+
+    number: str
+    kind: Kind
+    area: Area
+    priority: Priority
+    created_at: datetime
+    due_at: datetime
+    channel: str
+    escalated: bool = False
+    """True when the priority asks for immediate escalation (high by default)."""
+
+
+class TicketCreatedData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    ticket: TicketView
+    contact: ContactView
+    message: MessageView
+    acknowledged_inline: bool = False
+    """True when the acknowledgement went back in the provider's own response (form page,
+    JSON answer, TwiML, WeChat passive reply), so no ``ack.sent`` follows."""
+
+
+class MessageAddedData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    ticket: TicketView
+    contact: ContactView
+    message: MessageView
+    matched_by: str
+    """How the message was joined to the ticket: ``reply_header``, ``ticket_number``,
+    ``chat_window``."""
+
+
+class DuplicateReceivedData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    ticket: TicketView
+    contact: ContactView
+    message: MessageView
+    first_message_id: str
+
+
+class AckSentData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    ticket_number: str
+    channel: str
+    outcome: Outcome
+    provider_message_id: str | None = None
+
+
+class AckFailedData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    ticket_number: str
+    channel: str
+    reason: str
+    attempts: int
+
+
+class CloudEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """CloudEvents 1.0 context attributes shared by every event type.
+
+    Not ``omit_defaults``: ``specversion`` and ``datacontenttype`` are required on the wire."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str
+    subject: str
+    time: datetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    priority: Priority | None = None
+    """Extension attribute: the ticket's priority, for routing (escalation subjects)."""
+
+
+class TicketCreated(CloudEvent, frozen=True, kw_only=True, tag="ticket.created"):
+    data: TicketCreatedData
+
+
+class MessageAdded(CloudEvent, frozen=True, kw_only=True, tag="ticket.message_added"):
+    data: MessageAddedData
+
+
+class DuplicateReceived(CloudEvent, frozen=True, kw_only=True, tag="ticket.duplicate_received"):
+    data: DuplicateReceivedData
+
+
+class AckSent(CloudEvent, frozen=True, kw_only=True, tag="ack.sent"):
+    data: AckSentData
+
+
+class AckFailed(CloudEvent, frozen=True, kw_only=True, tag="ack.failed"):
+    data: AckFailedData
+
+
+Event = TicketCreated | MessageAdded | DuplicateReceived | AckSent | AckFailed
+"""Every event type; decode with ``msgspec.json.decode(raw, type=Event)``."""
+
+EVENT_TYPES: tuple[str, ...] = (
+    "ticket.created",
+    "ticket.message_added",
+    "ticket.duplicate_received",
+    "ack.sent",
+    "ack.failed",
+)
