@@ -12,7 +12,6 @@ import ssl
 import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
-from urllib.parse import urlsplit
 
 import msgspec
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -130,7 +129,7 @@ class SmtpAdapter:
         listen = config.listen
         if listen is None:
             # A throwaway gateway (HTTP on port 0, as tests start it) must not grab 2525.
-            listen = "127.0.0.1:0" if urlsplit(ctx.public_url).port == 0 else DEFAULT_LISTEN
+            listen = "127.0.0.1:0" if ctx.ephemeral_ports else DEFAULT_LISTEN
         self.host, self.port = split_listen(listen, key="adapters.smtp.listen")
         """``port`` is the bound port once started (useful with port 0)."""
         self._tls: ssl.SSLContext | None = None

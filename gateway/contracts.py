@@ -132,3 +132,6 @@ class AdapterContext(msgspec.Struct, frozen=True, kw_only=True):
     listen_host: str
     """The host the HTTP listener binds; adapters refuse to run unauthenticated off loopback."""
     default_locale: str
+    ephemeral_ports: bool = False
+    """The HTTP listener was asked for any free port (tests, benchmarks): adapters that open
+    listeners of their own bind any free port too instead of their default ports."""

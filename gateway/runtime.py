@@ -39,6 +39,8 @@ class Gateway:
         self.data_dir = Path(data_dir).resolve()
         self.listen = listen or config.server.listen
         self.host, self.port = split_listen(self.listen)
+        self._ephemeral = self.port == 0
+        self._stopped = False
         if self.port == 0:
             # Adapters need their public URL (webhook signatures) when they are built, so a
             # request for "any port" is settled now rather than after binding.
@@ -79,7 +81,8 @@ class Gateway:
                          f":{self.port}").rstrip("/")
         self.context = AdapterContext(data_dir=str(self.data_dir), public_url=public_url,
                                       listen_host=self.host,
-                                      default_locale=config.intake.default_locale)
+                                      default_locale=config.intake.default_locale,
+                                      ephemeral_ports=self._ephemeral)
         self.adapters: list[Any] = [
             cls(self.adapter_configs[kind], self.intake, self.context)
             for kind, cls in self.adapter_classes.items()
@@ -155,7 +158,10 @@ class Gateway:
         return f"http://{host}:{self.port}"
 
     async def stop(self) -> None:
-        """Stop listening, let accepted work finish, close everything."""
+        """Stop listening, let accepted work finish, close everything (once; repeats are no-ops)."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
