@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import aiohttp
+import msgspec
 
 from tests.conftest import MakeGateway
 
@@ -27,6 +30,71 @@ def test_check_config_accepts_the_documented_example(tmp_path: Path) -> None:
                                                 "INTAKE_EVENTS_TOKEN": "y"})
     assert res.returncode == 0, res.stderr
     assert "config OK" in res.stdout
+
+
+def _example_sections() -> dict[str, str]:
+    """The example's text by live table header (``[a.b]`` / ``[[a.b]]``); commented-out
+    headers (``# [[triage.rules]]``) stay in the section they are written in."""
+    sections: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in (ROOT / "deploy/gateway.example.toml").read_text(encoding="utf-8").splitlines():
+        header = re.match(r"\s*\[+\s*([^\]]+?)\s*\]+", line)
+        if header:
+            current = header.group(1)
+            sections.setdefault(current, [])
+        else:
+            sections[current].append(line)
+    return {name: "\n".join(lines) for name, lines in sections.items()}
+
+
+def _structs_in(tp: object) -> tuple[list[type[msgspec.Struct]], bool]:
+    """Struct types inside a field's type (itself, Optional, list[...]); and whether a list."""
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return [tp], False
+    args = typing.get_args(tp)
+    found = [s for a in args for s in _structs_in(a)[0]]
+    return found, typing.get_origin(tp) is list and bool(found)
+
+
+def _keys(struct: type[msgspec.Struct], section: str) -> list[tuple[str, str, bool]]:
+    """(section, key, is an array of tables) for every field, nested Structs in the same section."""
+    out = []
+    for field in msgspec.structs.fields(struct):
+        nested, is_list = _structs_in(field.type)
+        out.append((section, field.encode_name, is_list))
+        for sub in nested:
+            out.extend(_keys(sub, section))
+    return out
+
+
+def test_example_documents_every_config_key() -> None:
+    from gateway.config import Config
+    from gateway.contracts import ADAPTER_GROUP
+    from gateway.registry import load_plugins
+
+    sections = _example_sections()
+    keys: list[tuple[str, str, bool]] = []
+    for field in msgspec.structs.fields(Config):
+        nested, _ = _structs_in(field.type)
+        if not nested:
+            # `adapters`, a table of tables: walked below through the installed adapters.
+            assert any(s.startswith(field.encode_name + ".") for s in sections), field.name
+        for sub in nested:
+            keys.extend(_keys(sub, field.encode_name))
+    for kind, cls in load_plugins(ADAPTER_GROUP).items():
+        keys.extend(_keys(cls.Config, f"adapters.{kind}"))
+
+    missing = []
+    for section, key, is_list in keys:
+        text = sections.get(section)
+        # `key =` on a live or `# `-commented line, or inside an inline table; an array of
+        # tables may instead be shown by its (possibly commented) `[[section.key]]` header.
+        said = text is not None and (
+            re.search(rf"(?m)(^[ \t]*(#[ \t]*)?|[{{,][ \t]*){re.escape(key)}[ \t]*=", text)
+            or (is_list and f"[[{section}.{key}]]" in text))
+        if not said:
+            missing.append(f"[{section}] {key}")
+    assert not missing, "not in deploy/gateway.example.toml: " + ", ".join(missing)
 
 
 def test_unknown_key_fails_at_start_naming_it(tmp_path: Path) -> None:
