@@ -18,7 +18,6 @@ import contextlib
 import logging
 import random
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +27,7 @@ from prometheus_client import Counter
 from gateway.acks import pick_locale, render_ack
 from gateway.decision import AckFacts
 from gateway.errors import PermanentError, TransientError
+from gateway.ids import new_id
 from gateway.store.sqlite import SqliteStore, SqliteTx
 from schemas import AckFailed, AckFailedData, AckSent, AckSentData
 
@@ -127,7 +127,7 @@ class AckDispatcher:
         except PermanentError as exc:
             await self._fail(ack_id, facts, channel, str(exc), attempts + 1)
             return
-        event = AckSent(id=str(uuid.uuid4()), source=self.event_source,
+        event = AckSent(id=new_id(), source=self.event_source,
                         subject=facts.ticket_number, time=datetime.now(UTC),
                         data=AckSentData(ticket_number=facts.ticket_number, channel=channel,
                                          outcome=facts.outcome, provider_message_id=provider_id))
@@ -137,7 +137,7 @@ class AckDispatcher:
 
     async def _fail(self, ack_id: int, facts: AckFacts, channel: str, reason: str,
                     attempts: int, *, status: str = "failed") -> None:
-        event = AckFailed(id=str(uuid.uuid4()), source=self.event_source,
+        event = AckFailed(id=new_id(), source=self.event_source,
                           subject=facts.ticket_number, time=datetime.now(UTC),
                           data=AckFailedData(ticket_number=facts.ticket_number, channel=channel,
                                              reason=reason, attempts=attempts))

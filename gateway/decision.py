@@ -10,12 +10,12 @@ agree by construction.
 
 from __future__ import annotations
 
-import uuid
 from datetime import date, datetime
 from typing import Protocol
 
 import msgspec
 
+from gateway.ids import new_id
 from gateway.numbering import TicketNumbering
 from gateway.triage import TriageResult
 from schemas import (
@@ -279,4 +279,4 @@ def _message_view(plan: SubmissionPlan) -> MessageView:
 
 
 def _event_id() -> str:
-    return str(uuid.uuid4())
+    return new_id()

@@ -10,7 +10,6 @@ transaction is durable.
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -27,6 +26,7 @@ from gateway.decision import (
 )
 from gateway.errors import RejectedInput, TooLarge
 from gateway.fingerprint import content_fingerprint, normalize_for_dedup
+from gateway.ids import new_id
 from gateway.numbering import TicketNumbering
 from gateway.sla import BusinessCalendar, due_at
 from gateway.triage import Triager
@@ -147,7 +147,7 @@ class IntakeService:
         local_day = received.astimezone(self.calendar.tz).date()
         return SubmissionPlan(
             message=m,
-            message_uid=str(uuid.uuid4()),
+            message_uid=new_id(),
             delivery_key=delivery_key,
             identities=identities_of(m),
             fingerprint=_fingerprint(m),

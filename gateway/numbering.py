@@ -259,6 +259,7 @@ class TicketNumbering:
         self._has_date = any(kind == "date" for kind, _, _ in self._tokens)
         self._has_check = any(kind == "check" for kind, _, _ in self._tokens)
         self.pattern = re.compile(source, re.IGNORECASE)
+        self._date_cache: dict[date, str] = {}
 
     def scope(self, day: date) -> str:
         """The sequence scope a number issued on ``day`` belongs to."""
@@ -303,6 +304,15 @@ class TicketNumbering:
 
     def _format_date(self, day: date) -> str:
         """Format a date with the numeric directives only, independent of the process locale."""
+        # Every ticket of a day formats the same date twice (scope and number): remember it.
+        cached = self._date_cache.get(day)
+        if cached is None:
+            if len(self._date_cache) > 64:
+                self._date_cache.clear()
+            cached = self._date_cache[day] = self._format_date_uncached(day)
+        return cached
+
+    def _format_date_uncached(self, day: date) -> str:
         values = {
             "Y": f"{day.year:04d}",
             "y": f"{day.year % 100:02d}",

@@ -8,7 +8,6 @@ import queue
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ import msgspec
 
 from gateway.decision import OutboxAck, StoredReceipt, SubmissionPlan, TicketRow
 from gateway.errors import TransientError
+from gateway.ids import new_id
 from schemas import ContactView
 
 T = TypeVar("T")
@@ -89,6 +89,11 @@ class _Op:
         self.loop = loop
 
 
+def _settle_all(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in items:
+        _settle(future, ok, value)
+
+
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
     if future.done():  # the caller was cancelled; the write happened anyway
         return
@@ -123,7 +128,7 @@ class SqliteTx:
         if owner is None:
             owner = c.execute(
                 "INSERT INTO contacts(uid, name, customer_type, created_at) VALUES (?, ?, ?, ?)",
-                (str(uuid.uuid4()), name, customer_type, time.time_ns() // 1000)).lastrowid
+                (new_id(), name, customer_type, time.time_ns() // 1000)).lastrowid
         else:
             # Later messages may bring a name or a customer type the first one lacked.
             c.execute("UPDATE contacts SET name = coalesce(?, name),"
@@ -350,8 +355,14 @@ class SqliteStore:
                     break
                 batch.append(op)
             results = self._commit_batch(conn, tx, batch)
+            # One wake-up per loop and batch, not per op: each call_soon_threadsafe writes to
+            # the loop's self-pipe, a system call that also hands the GIL around.
+            settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
+            settled = {}
             for op, (ok, value) in zip(batch, results, strict=True):
-                op.loop.call_soon_threadsafe(_settle, op.future, ok, value)
+                settled.setdefault(op.loop, []).append((op.future, ok, value))
+            for loop, items in settled.items():
+                loop.call_soon_threadsafe(_settle_all, items)
         conn.close()
 
     def _commit_batch(self, conn: sqlite3.Connection, tx: SqliteTx,
