@@ -952,17 +952,18 @@ def _encodable(ch: str, codec: str) -> bool:
     return True
 
 
+_KANA = re.compile("[\u3040-\u30ff\uff66-\uff9f]")
+_HANGUL = re.compile("[\uac00-\ud7af\u1100-\u11ff]")
+_HAN = re.compile("[\u4e00-\u9fff\u3400-\u4dbf]")
+
+
 def _locale_from_script(text: str) -> str | None:
-    kana = hangul = 0
-    han: list[str] = []
-    for ch in text[:4000]:
-        code = ord(ch)
-        if 0x3040 <= code <= 0x30FF or 0xFF66 <= code <= 0xFF9F:
-            kana += 1
-        elif 0xAC00 <= code <= 0xD7AF or 0x1100 <= code <= 0x11FF:
-            hangul += 1
-        elif 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF:
-            han.append(ch)
+    text = text[:4000]
+    if text.isascii():  # most mail: no script to guess from, and no per-character loop
+        return None
+    kana = len(_KANA.findall(text))
+    hangul = len(_HANGUL.findall(text))
+    han = _HAN.findall(text)
     if kana >= 2:
         return "ja"
     if hangul >= 2 and hangul >= len(han):
