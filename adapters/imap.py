@@ -7,11 +7,9 @@ import contextlib
 import hashlib
 import imaplib
 import logging
-import os
 import random
 import re
 import ssl
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +23,12 @@ from prometheus_client import Counter, Gauge
 from gateway.config import is_loopback, resolve_secret
 from gateway.contracts import AdapterContext
 from gateway.decision import OutboxAck
-from gateway.errors import ConfigError, RejectedInput, TooLarge, TransientError
+from gateway.errors import ConfigError, RejectedInput, TransientError
+from gateway.files import write_durably
 from gateway.intake import now_utc
+from gateway.mail.keep import keep_raw, store_mail_attachments
 from gateway.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
-from gateway.mail.parse import MailLimits, ParsedEmail, parse_email, to_inbound
-from schemas import Attachment
+from gateway.mail.parse import MailLimits, parse_email, to_inbound
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -149,26 +148,7 @@ class UidBook:
     async def record(self, name: str, uidvalidity: int, last_uid: int) -> None:
         async with self._lock:
             self.state.mailboxes[name] = _MailboxState(uidvalidity, last_uid)
-            await asyncio.to_thread(_write_durably, self.path, _encode(self.state))
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+            await asyncio.to_thread(write_durably, self.path, _encode(self.state))
 
 
 Taken = Literal["accepted", "quarantined", "vanished"]
@@ -312,8 +292,8 @@ class _Mailbox:
         folder = self.adapter.quarantine_dir / _safe(self.name)
         stem = f"{uidvalidity}-{uid}"
         if raw is not None:
-            await asyncio.to_thread(_write_durably, folder / f"{stem}.eml", raw)
-        await asyncio.to_thread(_write_durably, folder / f"{stem}.reason",
+            await asyncio.to_thread(write_durably, folder / f"{stem}.eml", raw)
+        await asyncio.to_thread(write_durably, folder / f"{stem}.reason",
                                 reason.encode("utf-8", "replace"))
         self.counts["quarantined"] += 1
         IMAP_QUARANTINED.labels(self.name).inc()
@@ -509,14 +489,9 @@ class ImapAdapter:
         if parsed.refusal is not None:
             raise RejectedInput(parsed.refusal)
         extra: dict[str, str] = {}
-        attachments = await self._store_attachments(parsed, extra)
+        attachments = await store_mail_attachments(self.intake, parsed, extra)
         if self.config.keep_raw:
-            try:
-                kept = await self.intake.store_attachment(raw, name="message.eml",
-                                                          content_type="message/rfc822")
-                extra["raw_sha256"] = kept.sha256
-            except TooLarge:
-                extra["raw_kept"] = "no: larger than the attachment limit"
+            await keep_raw(self.intake, raw, extra)
         mail_class = classify(parsed)
         human = should_acknowledge(mail_class)
         message = to_inbound(parsed, channel=self.kind, mailbox=mailbox, received_at=now_utc(),
@@ -538,20 +513,6 @@ class ImapAdapter:
         if human and email and email != own.lower():
             ack_via = OutboxAck(channel="email", to=email, reply_to=parsed.message_id)
         await self.intake.submit(message, ack_via=ack_via)
-
-    async def _store_attachments(self, parsed: ParsedEmail,
-                                 extra: dict[str, str]) -> list[Attachment]:
-        stored: list[Attachment] = []
-        dropped: list[str] = []
-        for att in parsed.attachments:
-            try:
-                stored.append(await self.intake.store_attachment(
-                    att.data, name=att.name, content_type=att.content_type))
-            except TooLarge as exc:
-                dropped.append(exc.reason)
-        if dropped:
-            extra["dropped_attachments"] = "; ".join([*parsed.dropped, *dropped])
-        return stored
 
 
 def _safe(name: str) -> str:

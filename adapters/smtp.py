@@ -20,11 +20,12 @@ from prometheus_client import Counter
 from gateway.config import split_listen
 from gateway.contracts import AdapterContext
 from gateway.decision import OutboxAck
-from gateway.errors import ConfigError, RejectedInput, TooLarge, TransientError
+from gateway.errors import ConfigError, RejectedInput, TransientError
 from gateway.intake import now_utc
+from gateway.mail.keep import keep_raw, store_mail_attachments
 from gateway.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
-from gateway.mail.parse import MailLimits, ParsedEmail, parse_email, to_inbound
-from schemas import Attachment, InboundMessage, Receipt
+from gateway.mail.parse import MailLimits, parse_email, to_inbound
+from schemas import InboundMessage, Receipt
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -272,9 +273,9 @@ class SmtpAdapter:
             refusal.smtp_code = 554
             raise refusal
         extra: dict[str, str] = {"envelope_from": envelope_from}
-        attachments = await self._store_attachments(parsed, extra)
+        attachments = await store_mail_attachments(self.intake, parsed, extra)
         if self.config.keep_raw:
-            await self._keep_raw(raw, extra)
+            await keep_raw(self.intake, raw, extra)
         mail_class = classify(parsed, envelope_from=envelope_from)
         human = should_acknowledge(mail_class)
         if not human:
@@ -300,29 +301,6 @@ class SmtpAdapter:
             receipt = receipt or got
         assert receipt is not None  # aiosmtpd calls DATA only after a RCPT was accepted
         return receipt
-
-    async def _store_attachments(self, parsed: ParsedEmail,
-                                 extra: dict[str, str]) -> list[Attachment]:
-        stored: list[Attachment] = []
-        dropped: list[str] = []
-        for att in parsed.attachments:
-            try:
-                stored.append(await self.intake.store_attachment(
-                    att.data, name=att.name, content_type=att.content_type))
-            except TooLarge as exc:
-                dropped.append(exc.reason)
-        if dropped:
-            extra["dropped_attachments"] = "; ".join([*parsed.dropped, *dropped])
-        return stored
-
-    async def _keep_raw(self, raw: bytes, extra: dict[str, str]) -> None:
-        try:
-            kept = await self.intake.store_attachment(raw, name="message.eml",
-                                                      content_type="message/rfc822")
-        except TooLarge:
-            extra["raw_kept"] = "no: larger than the attachment limit"
-            return
-        extra["raw_sha256"] = kept.sha256
 
 
 def _with_extras(message: InboundMessage, *, raw: bytes, human: bool, bounced: list[str],

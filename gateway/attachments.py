@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
-import tempfile
 import unicodedata
 from pathlib import Path
 
 from gateway.errors import TooLarge
+from gateway.files import write_durably
 from schemas import Attachment
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
@@ -53,21 +52,5 @@ class AttachmentStore:
 
     def _write(self, digest: str, data: bytes) -> None:
         target = self.path_of(digest)
-        if target.exists():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename is durable only once the directory is synced
-        finally:
-            os.close(dir_fd)
+        if not target.exists():
+            write_durably(target, data)
