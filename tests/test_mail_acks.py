@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 
 import aiohttp
 import pytest
@@ -231,3 +233,48 @@ async def test_a_refused_acknowledgement_is_recorded_once(make_gateway: MakeGate
     assert "550" in failed["data"]["reason"]
     await asyncio.sleep(0.5)
     assert [e["type"] for e in await events(gw)].count("ack.failed") == 1, "never retried"
+
+
+async def test_a_burst_acks_everyone_once_and_each_recipient_in_order_up_to_the_limit(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    """Many customers at once: each gets one acknowledgement; one customer writing eight mails
+    gets the first three (the per-recipient limit), in the order they wrote, and no more."""
+    gw = await make_gateway(config(capture, "[acks]\nper_recipient_limit = 3\n"))
+    others = [f"burst-{i}-{uuid.uuid4().hex[:6]}@customers.example.org" for i in range(12)]
+    busy = f"busy-{uuid.uuid4().hex[:6]}@customers.example.org"
+    busy_ids = [f"busy-{n}-{uuid.uuid4().hex}@customers.example.org" for n in range(8)]
+    port = next(a for a in gw.adapters if isinstance(a, SmtpAdapter)).port
+    # The clients get threads of their own: the loop's default executor serves the gateway.
+    pool = ThreadPoolExecutor(max_workers=len(others) + 1)
+
+    async def deliver(data: bytes, sender: str) -> None:
+        reply = await asyncio.get_running_loop().run_in_executor(pool, partial(
+            smtp_transaction, port, sender=sender, recipients=[SUPPORT], data=data))
+        assert reply.code == 250
+
+    async def the_busy_one() -> None:
+        for n, mid in enumerate(busy_ids):
+            await deliver(customer_mail(sender=busy, subject=f"Question {n}",
+                                        text=f"My question number {n}.", message_id=mid), busy)
+
+    try:
+        await asyncio.gather(the_busy_one(), *(
+            deliver(customer_mail(sender=a, subject="Router", text=f"Router {a} is down."), a)
+            for a in others))
+    finally:
+        pool.shutdown()
+
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        failed = [e for e in await events(gw) if e["type"] == "ack.failed"]
+        if (len(failed) == 5 and all(len(capture.to(a)) == 1 for a in others)
+                and len(capture.to(busy)) == 3):
+            break
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"{len(failed)} suppressed, {len(capture.to(busy))} to the busy customer, "
+            f"{sum(len(capture.to(a)) for a in others)} to the others")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # nothing more may follow
+    assert [m.in_reply_to for m in capture.to(busy)] == busy_ids[:3]
+    assert all("per-recipient limit" in e["data"]["reason"] for e in failed)
+    assert len([e for e in await events(gw) if e["type"] == "ack.failed"]) == 5
