@@ -583,7 +583,8 @@ class TwilioAdapter:
         ack_via = None
         if phone is not None and self.config.voice_sms_ack and can_receive_sms(phone):
             ack_via = OutboxAck(channel="sms", to=phone)
-        return await self.intake.submit(message, ack_via=ack_via)
+        # The caller hung up long ago: without an SMS nobody hears the ticket number.
+        return await self.intake.submit(message, ack_via=ack_via, unreachable=ack_via is None)
 
     async def _submit_late_transcript(self, call: VoiceCall) -> None:
         contact, _ = self._caller(call)

@@ -67,13 +67,15 @@ class IntakeService:
         return await self.attachments.put(data, name=name, content_type=content_type)
 
     async def submit(self, message: InboundMessage, *, ack_via: OutboxAck | None = None,
-                     inline_reaches_phone: bool = False) -> Receipt:
+                     inline_reaches_phone: bool = False, unreachable: bool = False) -> Receipt:
         """See :meth:`gateway.contracts.Intake.submit`.
 
         ``ack_via`` names the outbox route for channels that cannot answer in their own
         response; ``None`` means the adapter shows the receipt's acknowledgement itself.
         ``inline_reaches_phone`` says that inline answer already lands on the customer's phone
-        (an SMS or WhatsApp reply), so high priority needs no extra SMS.
+        (an SMS or WhatsApp reply), so high priority needs no extra SMS. ``unreachable`` says
+        nobody can be told at all (a voice mail from a landline or a withheld number): the
+        events then do not claim an inline acknowledgement.
         """
         started = time.perf_counter()
         try:
@@ -81,7 +83,7 @@ class IntakeService:
         except RejectedInput:
             REJECTED.labels(message.channel).inc()
             raise
-        plan = self._plan(message, ack_via, inline_reaches_phone)
+        plan = self._plan(message, ack_via, inline_reaches_phone, unreachable)
         stored: StoredReceipt = await self.store.run(
             lambda tx: decide_and_record(tx, plan, self.numbering))
         outcome = "replayed" if stored.message_uid != plan.message_uid else stored.outcome
@@ -119,7 +121,7 @@ class IntakeService:
             raise RejectedInput("received_at must carry a time zone", field="received_at")
 
     def _plan(self, m: InboundMessage, ack_via: OutboxAck | None,
-              inline_reaches_phone: bool) -> SubmissionPlan:
+              inline_reaches_phone: bool, unreachable: bool = False) -> SubmissionPlan:
         received = m.received_at.astimezone(UTC)
         tri = self.triager.classify(m)
         named: list[str] = []
@@ -139,7 +141,7 @@ class IntakeService:
             answered_on_phone = (inline_reaches_phone if ack_via is None
                                  else ack_via.channel in ("sms", "whatsapp"))
             if tri.escalated and m.contact.phone and self.sms_ack_available \
-                    and not answered_on_phone:
+                    and not answered_on_phone and not unreachable:
                 outbox.append(OutboxAck(channel="sms", to=m.contact.phone))
         delivery_key = None
         if m.provider_message_id:
@@ -159,7 +161,7 @@ class IntakeService:
             chat_since=(received - self.chat_window) if m.conversational else None,
             outbox_acks=outbox,
             ack_on=("created", "duplicate"),
-            inline_ack=ack_via is None,
+            inline_ack=ack_via is None and not unreachable,
             event_source=self.config.intake.event_source,
         )
 

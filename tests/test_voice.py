@@ -193,6 +193,8 @@ async def test_callers_who_cannot_get_an_sms_still_make_tickets(
     assert contacts[0]["chat_ids"] == {"twilio_client": "joey_ramone"}
     assert contacts[1]["phone"] == LANDLINE
     assert list(contacts[2]["chat_ids"]) == ["twilio_call"]
+    # Nobody heard a ticket number, so no event may claim an inline acknowledgement.
+    assert [e["data"].get("acknowledged_inline", False) for e in created(got)] == [False] * 3
     await asyncio.sleep(0.3)
     assert twilio.messages == [], "no SMS to a client identity, a landline or a withheld number"
 
