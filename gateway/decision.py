@@ -201,7 +201,7 @@ def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) 
         tx.insert_message(plan=plan, ticket_id=ticket.id, contact_id=contact_id, receipt=receipt)
         tx.touch_ticket(ticket.id, now)
         event = MessageAdded(
-            id=_event_id(), source=plan.event_source, subject=ticket.number, time=now,
+            id=new_id(), source=plan.event_source, subject=ticket.number, time=now,
             priority=ticket.priority,
             data=MessageAddedData(ticket=_ticket_view(ticket), contact=contact, message=view,
                                   matched_by=matched_by),
@@ -215,7 +215,7 @@ def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) 
     receipt = _receipt("created", ticket, plan)
     tx.insert_message(plan=plan, ticket_id=ticket.id, contact_id=contact_id, receipt=receipt)
     created = TicketCreated(
-        id=_event_id(), source=plan.event_source, subject=number, time=now,
+        id=new_id(), source=plan.event_source, subject=number, time=now,
         priority=ticket.priority,
         data=TicketCreatedData(ticket=_ticket_view(ticket), contact=contact, message=view,
                                acknowledged_inline=plan.inline_ack and receipt.acknowledge),
@@ -229,7 +229,7 @@ def _duplicate(tx: Tx, plan: SubmissionPlan, contact: ContactView, contact_id: i
     receipt = _receipt("duplicate", ticket, plan)
     tx.insert_message(plan=plan, ticket_id=ticket.id, contact_id=contact_id, receipt=receipt)
     dup = DuplicateReceived(
-        id=_event_id(), source=plan.event_source, subject=ticket.number,
+        id=new_id(), source=plan.event_source, subject=ticket.number,
         time=plan.message.received_at, priority=ticket.priority,
         data=DuplicateReceivedData(ticket=_ticket_view(ticket), contact=contact, message=view,
                                    first_message_id=first_uid),
@@ -276,7 +276,3 @@ def _message_view(plan: SubmissionPlan) -> MessageView:
                        locale=m.locale, auto_submitted=m.auto_submitted,
                        order_number=m.order_number, device_model=m.device_model,
                        metadata=m.metadata)
-
-
-def _event_id() -> str:
-    return new_id()
