@@ -23,6 +23,7 @@ import collections
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,19 +46,17 @@ class TimedConnection:
         self.seconds: collections.Counter[str] = collections.Counter()
 
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        started = time.perf_counter()
-        try:
-            return self.conn.execute(sql, *args)
-        finally:
-            self.seconds[" ".join(sql.split())[:70]] += time.perf_counter() - started
+        return self._timed(self.conn.execute, sql, *args)
 
     def executemany(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        return self._timed(self.conn.executemany, sql, *args)
+
+    def _timed(self, call: Callable[..., sqlite3.Cursor], sql: str, *args: Any) -> sqlite3.Cursor:
         started = time.perf_counter()
         try:
-            return self.conn.executemany(sql, *args)
+            return call(sql, *args)
         finally:
             self.seconds[" ".join(sql.split())[:70]] += time.perf_counter() - started
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
