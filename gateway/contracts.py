@@ -43,6 +43,15 @@ class Intake(Protocol):
         """
         ...
 
+    async def first_use(self, scope: str, key: str, *, ttl: float) -> bool:
+        """Record ``key`` under ``scope`` (e.g. ``"wechat:nonce"``) for ``ttl`` seconds, durably.
+
+        Returns False when the key was recorded already and has not expired: the replay guard
+        of signed requests. It survives restarts, so a request captured before one is still
+        refused after it; ``ttl`` should equal the signature's accepted clock tolerance.
+        """
+        ...
+
 
 class Adapter(Protocol):
     """One channel. ``kind`` is its entry-point name and its ``[adapters.<kind>]`` table.

@@ -66,6 +66,10 @@ class IntakeService:
     async def store_attachment(self, data: bytes, *, name: str, content_type: str) -> Attachment:
         return await self.attachments.put(data, name=name, content_type=content_type)
 
+    async def first_use(self, scope: str, key: str, *, ttl: float) -> bool:
+        """See :meth:`gateway.contracts.Intake.first_use`."""
+        return await self.store.first_use(scope, key, ttl=ttl)  # type: ignore[attr-defined]
+
     async def submit(self, message: InboundMessage, *, ack_via: OutboxAck | None = None,
                      inline_reaches_phone: bool = False, unreachable: bool = False) -> Receipt:
         """See :meth:`gateway.contracts.Intake.submit`.

@@ -42,6 +42,15 @@ class Contact(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     phone: E164 | None = None
     chat_ids: dict[str, str] = {}
     """Channel-scoped chat identities, e.g. ``{"telegram": "42", "wechat": "oXyz..."}``."""
+    verified_by: str | None = None
+    """Who vouches for these identities, or None when they are only claims.
+
+    Set by the adapter, never by the sender: ``"smtp"``/``"imap"`` (the mail's sender, with the
+    SPF/DKIM verdict recorded in ``metadata["mail_auth"]``), ``"twilio-signature"``,
+    ``"telegram"``, ``"wechat-signature"``, ``"api-signature"`` (an authenticated API client).
+    A claim (typed on the web form, sent through an unsigned API) may open a ticket, but never
+    renames, upgrades or links identities to an existing contact, and never learns another
+    ticket's number (docs/security.md)."""
 
 
 class Attachment(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS dead_letters(
     seq INTEGER NOT NULL, publisher TEXT NOT NULL, attempts INTEGER NOT NULL,
     last_error TEXT NOT NULL, failed_at INTEGER NOT NULL, PRIMARY KEY(publisher, seq))
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS replay_guards(
+    scope TEXT NOT NULL, key TEXT NOT NULL, expires_at INTEGER NOT NULL,
+    PRIMARY KEY(scope, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS replay_guards_expiry ON replay_guards(expires_at);
 CREATE TABLE IF NOT EXISTS events(
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
     subject TEXT NOT NULL, priority TEXT, created_at INTEGER NOT NULL, body BLOB NOT NULL);
@@ -397,6 +401,26 @@ class SqliteStore:
             for listener in self._commit_listeners:
                 loop.call_soon_threadsafe(listener, seq)
         return results
+
+    async def first_use(self, scope: str, key: str, *, ttl: float) -> bool:
+        """Record ``key`` in ``scope`` for ``ttl`` seconds; False if it is recorded already.
+
+        Durable (committed before it returns), so a signed request replayed after a restart is
+        still refused. Expired keys are swept a few at a time on each call.
+        """
+        now = time.time_ns() // 1000
+        expires = now + int(ttl * 1_000_000)
+
+        def claim(tx: SqliteTx) -> bool:
+            c = tx.conn
+            c.execute("DELETE FROM replay_guards WHERE (scope, key) IN (SELECT scope, key FROM"
+                      " replay_guards WHERE expires_at < ? ORDER BY expires_at LIMIT 64)",
+                      (now,))
+            cur = c.execute("INSERT OR IGNORE INTO replay_guards(scope, key, expires_at)"
+                            " VALUES (?, ?, ?)", (scope, key, expires))
+            return cur.rowcount == 1
+
+        return await self.run(claim)
 
     # -- reads used by the embedded queue and the CLI -------------------------------------
 
