@@ -9,8 +9,9 @@ import logging
 import re
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
+import aiohttp
 import msgspec
 import phonenumbers
 from aiohttp import web
@@ -38,6 +39,7 @@ from gateway.errors import (
     TransientError,
 )
 from gateway.intake import IntakeService, now_utc
+from gateway.media import IDENTITY, MediaRefused, read_limited
 from schemas import Acknowledgement, Attachment, Contact, InboundMessage, ThreadHints
 
 log = logging.getLogger("intake.telegram")
@@ -75,7 +77,10 @@ class TelegramConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     poll_timeout: int = 30
     """Polling mode: seconds one getUpdates call waits for updates."""
     max_file_bytes: int = 20_971_520
-    """Files above this are recorded, not downloaded (the cloud Bot API stops at 20 MB)."""
+    """Files above this are recorded, not downloaded (the cloud Bot API stops at 20 MB); a
+    download that grows past it while streaming is refused, never cut and stored."""
+    file_timeout: float = 60.0
+    """Seconds for downloading one file."""
     chat_types: list[str] = msgspec.field(default_factory=lambda: ["private"])
     """Chats whose messages are taken; messages in groups are ignored by default."""
     welcome_text: str | None = None
@@ -187,6 +192,12 @@ class TelegramAdapter:
                                   "_file): 1-256 characters A-Z, a-z, 0-9, _ and -; without "
                                   "it anyone could post updates")
         api = config.api_base_url.rstrip("/")
+        if urlsplit(api).scheme not in ("http", "https"):
+            raise ConfigError("adapters.telegram.api_base_url: expected an http(s) URL")
+        # Files are fetched by us, below this URL only: never through PTB's File, which reads
+        # a file_path naming a local file from the disk (/etc/passwd, our own database).
+        self.file_base = f"{api}/file/bot{token}/"
+        self._session: aiohttp.ClientSession | None = None
         # Long polls hold the request for poll_timeout seconds: that connection reads longer.
         self.bot = Bot(token, base_url=f"{api}/bot", base_file_url=f"{api}/file/bot",
                        request=HTTPXRequest(connection_pool_size=16),
@@ -208,6 +219,8 @@ class TelegramAdapter:
     async def start(self) -> None:
         """Register the webhook or start polling, in the background: Telegram being down must
         not keep the gateway from starting."""
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.file_timeout))
         if self.config.mode == "polling":
             self._poller = asyncio.create_task(self._poll(), name="telegram-poll")
         elif self.config.register_webhook and self._webhook_url():
@@ -220,6 +233,9 @@ class TelegramAdapter:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._poller = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._initialized:
             with contextlib.suppress(TelegramError):
                 await self.bot.shutdown()
@@ -271,7 +287,10 @@ class TelegramAdapter:
         """One update from Telegram, authenticated by ``X-Telegram-Bot-Api-Secret-Token``."""
         given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
         assert self.secret is not None
-        if not given or not hmac.compare_digest(given.encode(), self.secret.encode()):
+        # Undecodable header bytes arrive as surrogates, which cannot be encoded: never the
+        # secret (A-Z, a-z, 0-9, _ and -), so refused before the comparison.
+        if (not given or not given.isascii()
+                or not hmac.compare_digest(given.encode("ascii"), self.secret.encode())):
             raise Forbidden("X-Telegram-Bot-Api-Secret-Token is missing or wrong")
         body = await request.read()
         if len(body) > _MAX_UPDATE:
@@ -385,7 +404,8 @@ class TelegramAdapter:
         message = InboundMessage(
             channel=self.kind, provider_message_id=key, delivery_scope=self.bot_id,
             received_at=now_utc(),
-            contact=Contact(name=name, phone=phone, chat_ids={"telegram": str(sender.id)}),
+            contact=Contact(name=name, phone=phone, chat_ids={"telegram": str(sender.id)},
+                            verified_by="telegram"),
             text=text, attachments=attachments,
             thread=ThreadHints(in_reply_to=in_reply_to,
                                ticket_number=found[0] if found else None),
@@ -427,16 +447,39 @@ class TelegramAdapter:
         return attachments, notes
 
     async def _download(self, file_id: str) -> bytes:
+        """getFile, then the file itself, checked like any input from outside.
+
+        The Bot API's ``file_path`` must be a plain relative path (no scheme, no leading ``/``,
+        no ``..``); the body must be whole and within ``max_file_bytes``.
+        """
+        limit = self.config.max_file_bytes
         try:
             bot = await self._ensure_bot()
-            file = await bot.get_file(file_id)
-            if file.file_size is not None and file.file_size > self.config.max_file_bytes:
-                raise _FileSkipped(f"larger than {self.config.max_file_bytes} bytes")
-            return bytes(await file.download_as_bytearray())
+            # The raw answer: PTB's get_file would keep a file_path naming a local file as is.
+            info = await bot.do_api_request("getfile", api_kwargs={"file_id": file_id})
         except BadRequest as exc:
             raise _FileSkipped(f"Telegram refused the file: {exc.message}") from exc
         except TelegramError as exc:
             raise _FileSkipped(f"download failed: {type(exc).__name__}") from exc
+        path = info.get("file_path") if isinstance(info, dict) else None
+        size = info.get("file_size") if isinstance(info, dict) else None
+        if not isinstance(path, str) or not safe_file_path(path):
+            raise _FileSkipped("the Bot API named a file_path that is not a relative path")
+        if isinstance(size, int) and size > limit:
+            raise _FileSkipped(f"larger than {limit} bytes")
+        if self._session is None:
+            raise _FileSkipped("the adapter is stopping")
+        try:
+            async with self._session.get(self.file_base + quote(path), headers=IDENTITY,
+                                         allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise _FileSkipped(f"the file answered HTTP {resp.status}")
+                return await read_limited(resp, limit)
+        except MediaRefused as exc:
+            raise _FileSkipped(exc.reason) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The exception's text would carry the URL, and the URL carries the bot token.
+            raise _FileSkipped(f"download failed: {type(exc).__name__}") from None
 
     async def _welcome(self, chat_id: int, language: str | None) -> None:
         text = self.config.welcome_text or _WELCOME[
@@ -478,6 +521,21 @@ class TelegramAdapter:
 
 class _FileSkipped(Exception):
     """A file recorded by id instead of stored."""
+
+
+_FILE_PATH = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
+
+
+def safe_file_path(path: str) -> bool:
+    """Whether a Bot API ``file_path`` is a plain relative path below the file URL.
+
+    The cloud Bot API answers ``photos/file_1.jpg``; anything absolute (``/etc/passwd``, a
+    local Bot API server's disk path), with a scheme, a backslash, a ``..`` segment or an
+    empty one is refused rather than interpreted.
+    """
+    if not 0 < len(path) <= 512 or not _FILE_PATH.match(path):
+        return False
+    return all(part not in (".", "..") for part in path.split("/"))
 
 
 def _seconds(value: Any) -> float:

@@ -43,6 +43,7 @@ from gateway.errors import (
     TransientError,
 )
 from gateway.intake import IntakeService, now_utc
+from gateway.media import IDENTITY, MediaHosts, MediaRefused, read_limited
 from gateway.twilio_protocol import (
     GSM7_BASIC,
     GSM7_EXTENSION,
@@ -72,6 +73,8 @@ _ANSWERED = ("created", "duplicate", "replayed")
 """Outcomes acknowledged in the reply; follow-ups are not, as in the outbox (``ack_on``)."""
 _TWIML = "text/xml"
 _API_HOST = "https://api.twilio.com"
+_VERIFIED_BY = "twilio-signature"
+"""Every identity here came in a webhook whose X-Twilio-Signature was checked."""
 
 
 class TwilioConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -101,6 +104,14 @@ class TwilioConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     status_callbacks: bool = True
     """Ask Twilio to report the delivery of every SMS we send to ``<path>/status``."""
     media_max_bytes: int = 5_242_880
+    """Largest media item stored; a larger one (declared or counted) is recorded, not cut."""
+    media_hosts: list[str] = msgspec.field(default_factory=lambda: [
+        "api.twilio.com", "*.twiliocdn.com",
+        "s3-external-1.amazonaws.com/media.twiliocdn.com/"])
+    """Where media (and every redirect on the way) may be fetched from, over https: the API
+    and the CDNs Twilio documents (``mms.twiliocdn.com`` for media behind HTTP auth, the S3
+    bucket ``media.twiliocdn.com`` for older public media). ``scheme://host:port`` entries allow
+    exactly that origin, e.g. a local fake over http in tests."""
     media_types: list[str] = msgspec.field(default_factory=lambda: [
         "image/", "audio/", "video/", "application/pdf", "text/vcard", "text/x-vcard"])
     """Content types kept (prefixes); other media are recorded by URL, not fetched."""
@@ -166,6 +177,7 @@ class TwilioAdapter:
         self.path = "/" + config.path.strip("/")
         self.api_base = config.api_base_url.rstrip("/")
         self.media_prefix = f"{self.api_base}/2010-04-01/Accounts/{config.account_sid}/"
+        self.media_hosts = MediaHosts(config.media_hosts, key="adapters.twilio.media_hosts")
         self._basic = "Basic " + base64.b64encode(
             f"{config.account_sid}:{token}".encode()).decode("ascii")
         self.state = TwilioState(Path(ctx.data_dir) / self.kind / "state.sqlite3")
@@ -233,11 +245,14 @@ class TwilioAdapter:
         signature = request.headers.get("X-Twilio-Signature")
         if not signature:
             raise Forbidden("X-Twilio-Signature is missing")
+        if not signature.isascii():
+            # aiohttp keeps undecodable header bytes as surrogates: never a base64 HMAC.
+            raise Forbidden("X-Twilio-Signature is not a base64 signature")
         body = await request.read()
         if len(body) > _MAX_FORM:
             raise TooLarge(f"a Twilio webhook is never larger than {_MAX_FORM} bytes")
         configured = self.signed_base
-        url = public_url(request.raw_path, request.headers, configured)
+        url = _signable(public_url(request.raw_path, request.headers, configured))
         if request.content_type == "application/json":
             # Twilio signs JSON bodies through a bodySHA256 query parameter over the URL.
             if not verify_twilio_signature(self.token, url, body, signature):
@@ -305,7 +320,7 @@ class TwilioAdapter:
         message = InboundMessage(
             channel=self.kind, provider_message_id=sid, received_at=now_utc(),
             contact=Contact(name=(p.get("ProfileName") or "").strip() or None, phone=phone,
-                            chat_ids=chat_ids),
+                            chat_ids=chat_ids, verified_by=_VERIFIED_BY),
             text=text, attachments=attachments,
             thread=ThreadHints(ticket_number=self._number_in(text)),
             locale=guess_locale(text, p.get("FromCountry")), conversational=True,
@@ -362,34 +377,40 @@ class TwilioAdapter:
         return url if url.startswith(self.media_prefix) else None
 
     async def _download(self, url: str) -> tuple[bytes, str]:
-        """GET with the account's credentials, following Twilio's redirect to its CDN."""
+        """GET with the account's credentials, following Twilio's redirect to its CDN.
+
+        Every hop must be on ``media_hosts``: a redirect to loopback, a metadata address or any
+        other host is refused, not followed. The body is stored only when it is whole and
+        within ``media_max_bytes``.
+        """
         target = self._api_url(url)
         if target is None:
             raise _MediaSkipped("the URL is not a media URL of this Twilio account")
+        if not self.media_hosts.allows(target):
+            raise _MediaSkipped("the media URL is not on adapters.twilio.media_hosts")
         assert self._session is not None
         limit = self.config.media_max_bytes
-        headers: dict[str, str] | None = {"Authorization": self._basic}
+        headers: dict[str, str] = {"Authorization": self._basic, **IDENTITY}
         try:
             for _ in range(4):
                 async with self._session.get(target, headers=headers,
                                              allow_redirects=False) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         target = urljoin(target, resp.headers["Location"])
-                        if urlsplit(target).scheme not in ("http", "https"):
-                            raise _MediaSkipped("redirected to a non-HTTP URL")
+                        if not self.media_hosts.allows(target):
+                            raise _MediaSkipped("redirected off adapters.twilio.media_hosts")
                         # The CDN URL is pre-signed: our credentials stay with Twilio's API.
-                        headers = None
+                        headers = dict(IDENTITY)
                         continue
                     if resp.status != 200:
                         raise _MediaSkipped(f"the media answered HTTP {resp.status}")
-                    if resp.content_length is not None and resp.content_length > limit:
-                        raise _MediaSkipped(f"larger than {limit} bytes")
-                    data = await resp.content.read(limit + 1)
-                    if len(data) > limit:
-                        raise _MediaSkipped(f"larger than {limit} bytes")
+                    data = await read_limited(resp, limit)
                     ctype = resp.headers.get("Content-Type", "application/octet-stream")
                     return data, ctype.split(";")[0].strip().lower()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except MediaRefused as exc:
+            raise _MediaSkipped(exc.reason) from exc
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # ClientPayloadError: the body broke off (shorter than declared, cut chunking).
             raise _MediaSkipped(f"download failed: {type(exc).__name__}") from exc
         raise _MediaSkipped("too many redirects")
 
@@ -545,11 +566,12 @@ class TwilioAdapter:
     def _caller(self, call: VoiceCall) -> tuple[Contact, str | None]:
         phone = _e164(call.caller, self.config.default_region)
         if phone is not None:
-            return Contact(phone=phone), phone
+            return Contact(phone=phone, verified_by=_VERIFIED_BY), phone
         if call.caller.startswith("client:") and len(call.caller) > 7:
-            return Contact(chat_ids={"twilio_client": call.caller[7:]}), None
+            return Contact(chat_ids={"twilio_client": call.caller[7:]},
+                           verified_by=_VERIFIED_BY), None
         # A withheld number: the voice mail still becomes a ticket, of a contact of its own.
-        return Contact(chat_ids={"twilio_call": call.call_sid}), None
+        return Contact(chat_ids={"twilio_call": call.call_sid}, verified_by=_VERIFIED_BY), None
 
     async def _submit_call(self, call: VoiceCall) -> Receipt:
         contact, phone = self._caller(call)
@@ -621,6 +643,21 @@ class _MediaSkipped(Exception):
 
 def _twiml(body: bytes) -> web.Response:
     return web.Response(body=body, content_type=_TWIML, charset="utf-8")
+
+
+def _signable(url: str) -> str:
+    """The URL to check the signature against, or 403 when no Twilio request has that URL.
+
+    It is built from Host and X-Forwarded-* headers, which anyone can fill with bytes that are
+    not UTF-8 or a port above 65535; the signature library would raise on both.
+    """
+    try:
+        url.encode("utf-8")
+        urlsplit(url).port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:  # UnicodeEncodeError included
+        raise Forbidden("the request's Host or X-Forwarded-Host is not a URL Twilio signs"
+                        ) from None
+    return url
 
 
 def _json_fields(body: bytes) -> MultiDict[str]:

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from multidict import MultiDict, MultiMapping
 from twilio.request_validator import RequestValidator, get_signature_algorithm
@@ -145,6 +145,14 @@ def verify_twilio_signature(
     """
     if not signature or not auth_token:
         return False
+    try:
+        # Header bytes that are not UTF-8 arrive as surrogates, a Host header may name port
+        # 99999: neither is a URL Twilio signed, and the library would raise on both.
+        url.encode("utf-8")
+        signature.encode("ascii")
+        urlsplit(url).port  # noqa: B018 - raises ValueError for a port out of range
+    except (UnicodeError, ValueError):
+        return False
     validator = RequestValidator(auth_token)
     algorithm = get_signature_algorithm(signature_settings)
     if isinstance(params, bytes):
@@ -153,8 +161,10 @@ def verify_twilio_signature(
         except UnicodeDecodeError:
             return False
     if isinstance(params, str):
-        if "bodySHA256=" not in urlsplit(url).query:
-            # A raw body without the hash parameter is not something Twilio signs.
+        if len(parse_qs(urlsplit(url).query).get("bodySHA256", ())) != 1:
+            # A raw body without the hash parameter is not something Twilio signs; a
+            # "bodySHA256=" inside another parameter's value is not that parameter (the library
+            # would then treat the body as form fields and raise).
             return False
         return bool(validator.validate(url, params, signature, algorithm))
     return bool(validator.validate(url, _multidict(params), signature, algorithm))

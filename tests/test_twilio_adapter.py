@@ -40,7 +40,9 @@ os.environ["INTAKE_TEST_TWILIO_TOKEN"] = TOKEN
 def toml(fake: FakeTwilio, *, account_sid: str = SID, extra: str = "", intake: str = "") -> str:
     return (f"[intake]\n{intake}\n[adapters.twilio]\nenabled = true\n"
             f'account_sid = "{account_sid}"\nauth_token_env = "INTAKE_TEST_TWILIO_TOKEN"\n'
-            f'sms_from = "{OURS}"\napi_base_url = "{fake.url}"\n{extra}\n')
+            f'sms_from = "{OURS}"\napi_base_url = "{fake.url}"\n'
+            # The fake serves media over http: allowed explicitly, as only that origin.
+            f'media_hosts = ["{fake.url}"]\n{extra}\n')
 
 
 _counter = iter(range(10**6))

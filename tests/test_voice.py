@@ -32,6 +32,8 @@ def toml(fake: FakeTwilio, wait: str = "1m") -> str:
     return ("[adapters.twilio]\nenabled = true\n"
             f'account_sid = "{SID}"\nauth_token_env = "INTAKE_TEST_TWILIO_VOICE_TOKEN"\n'
             f'sms_from = "{OURS}"\napi_base_url = "{fake.url}"\n'
+            # The fake serves media over http: allowed explicitly, as only that origin.
+            f'media_hosts = ["{fake.url}"]\n'
             f'transcription_wait = "{wait}"\n')
 
 
