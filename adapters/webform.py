@@ -13,12 +13,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar, get_args
+from typing import Any, ClassVar, cast, get_args
 from urllib.parse import unquote_to_bytes
 
 import jinja2
 import msgspec
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, HttpVersion11, MultipartReader, StreamReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.acks import SUPPORTED_LOCALES, pick_locale
@@ -67,6 +67,9 @@ _HIDDEN = frozenset({"lang", "form_token", "website"})
 _VISIBLE = (frozenset(FIELD_LIMITS) - _HIDDEN) | {"contact", "attachments"}
 _MAX_PARTS = 64
 """Form parts read at most: the fields, the files, and slack for what browsers add."""
+_TEXT_ROOM = sum(FIELD_LIMITS.values()) * 4 + _MAX_PARTS * 2048
+"""Body bytes allowed beside the files: every text field at 4 bytes a character, and each
+part's boundary and headers (a file name included)."""
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _CHUNK = 65_536
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -177,6 +180,54 @@ def _load_texts() -> dict[str, dict[str, str]]:
 TEXTS = _load_texts()
 
 
+class BodyTooLarge(Exception):
+    """The body went past the form's cap while it was being read."""
+
+
+class CountedBody:
+    """``request.content`` as aiohttp's multipart reader sees it, counting what it takes.
+
+    The reader drains the preamble, part headers and skipped parts by itself, out of the
+    handler's sight, and aiohttp's ``client_max_size`` does not apply to ``multipart()``: this
+    is the one place every byte of the body passes, so the cap holds for chunked bodies and
+    skipped parts too. It raises :class:`BodyTooLarge` as soon as the count passes ``cap``.
+    """
+
+    def __init__(self, stream: StreamReader, cap: int) -> None:
+        self._stream = stream
+        self._cap = cap
+        self.count = 0
+
+    def _take(self, data: bytes) -> bytes:
+        self.count += len(data)
+        if self.count > self._cap:
+            raise BodyTooLarge
+        return data
+
+    async def read(self, n: int = -1) -> bytes:
+        return self._take(await self._stream.read(n))
+
+    async def readline(self, *, max_line_length: int | None = None) -> bytes:
+        return self._take(await self._stream.readline(max_line_length=max_line_length))
+
+    async def readany(self) -> bytes:
+        return self._take(await self._stream.readany())
+
+    async def readexactly(self, n: int) -> bytes:
+        return self._take(await self._stream.readexactly(n))
+
+    def unread_data(self, data: bytes) -> None:
+        self.count -= len(data)  # handed back, to be counted again when taken again
+        self._stream.unread_data(data)
+
+    def at_eof(self) -> bool:
+        return self._stream.at_eof()
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else aiohttp may call passes through; the reads above are the counted ones.
+        return getattr(self._stream, name)
+
+
 class Upload(msgspec.Struct, kw_only=True):
     name: str
     content_type: str
@@ -263,6 +314,10 @@ class WebformAdapter:
         # is told before anything is stored, and the page states the limit that really holds.
         self.max_files = min(config.max_attachments, intake.config.intake.max_attachments)
         self.max_file_bytes = min(config.max_attachment_bytes, intake.attachments.max_bytes)
+        # The whole body: room for the files and the text, never more than the listener's own
+        # limit (which aiohttp does not apply to streamed multipart bodies).
+        self.max_body_bytes = min(intake.config.server.max_body_bytes,
+                                  self.max_files * self.max_file_bytes + _TEXT_ROOM)
         self.default_locale = pick_locale(ctx.default_locale, "zh-CN")
         self.limiter = (ClientRateLimiter(config.rate_limit, window.total_seconds())
                         if config.rate_limit else None)
@@ -272,7 +327,7 @@ class WebformAdapter:
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [web.get(self.config.path, self.show_form),
-                web.post(self.config.path, self.handle_post)]
+                web.post(self.config.path, self.handle_post, expect_handler=self.expect)]
 
     async def start(self) -> None:
         """Nothing beyond the HTTP routes."""
@@ -332,8 +387,37 @@ class WebformAdapter:
 
     # -- submission ------------------------------------------------------------------------
 
+    def _locale(self, request: web.Request, form: FilledForm | None = None) -> str:
+        lang = request.query.get("lang") or (form.fields.get("lang") if form else None)
+        return negotiate_locale(lang, request.headers.get("Accept-Language"),
+                                self.default_locale)
+
+    def _body_too_large(self, request: web.Request,
+                        form: FilledForm | None = None) -> web.Response:
+        resp = self._form_page(
+            self._locale(request, form), form=form, status=413,
+            problems={"attachments": Problem("err_body_too_large",
+                                             {"size": _human_size(self.max_body_bytes)})})
+        # The rest of the body is not wanted: a client that reads the answer stops sending.
+        resp.force_close()
+        return resp
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: refuse a declared oversized body before it is sent."""
+        if (request.content_length or 0) > self.max_body_bytes:
+            return self._body_too_large(request)
+        # aiohttp's default behaviour, which a route's own expect handler replaces.
+        if request.version == HttpVersion11:
+            if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+                raise web.HTTPExpectationFailed(text="Only Expect: 100-continue is understood")
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        return None
+
     async def handle_post(self, request: web.Request) -> web.Response:
         """Rate limit, read, check, submit; every problem re-shows the form with the input kept."""
+        if (request.content_length or 0) > self.max_body_bytes:
+            return self._body_too_large(request)  # before a byte of it is read
         wait = 0.0
         if self.limiter is not None:
             wait = self.limiter.take(client_key(
@@ -345,8 +429,10 @@ class WebformAdapter:
             await self._read(request, form, keep_files=not wait)
         except FormRejected as exc:
             rejected = exc
-        locale = negotiate_locale(request.query.get("lang") or form.fields.get("lang"),
-                                  request.headers.get("Accept-Language"), self.default_locale)
+        except BodyTooLarge:
+            form.files.clear()  # what was read so far is kept to show again; the files are not
+            return self._body_too_large(request, form)
+        locale = self._locale(request, form)
         t = TEXTS[locale]
         if wait:
             retry = max(1, math.ceil(wait))
@@ -420,7 +506,10 @@ class WebformAdapter:
 
     async def _read_multipart(self, request: web.Request, form: FilledForm, *,
                               keep_files: bool) -> None:
-        reader = await request.multipart()
+        body = CountedBody(request.content, self.max_body_bytes)
+        # The reader request.multipart() would build, with its default header limits, reading
+        # through the counter.
+        reader = MultipartReader(request.headers, cast(StreamReader, body))
         limit_bytes = self.max_file_bytes
         for _ in range(_MAX_PARTS):
             part = await reader.next()
@@ -471,7 +560,8 @@ class WebformAdapter:
 
     async def _read_urlencoded(self, request: web.Request, form: FilledForm) -> None:
         # Scripts (and aiohttp's FormData without files) send this; no files can come this way.
-        cap = sum(FIELD_LIMITS.values()) * 12 + 4096  # percent-encoding triples each byte
+        # Percent-encoding triples each byte.
+        cap = min(sum(FIELD_LIMITS.values()) * 12 + 4096, self.max_body_bytes)
         if (request.content_length or 0) > cap:
             raise FormRejected({"form": Problem("err_form")}, status=413)
         body = bytearray()
