@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Iterable
 from typing import ClassVar
@@ -29,7 +30,9 @@ class ApiConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     once a secret is set. Required when the gateway listens off loopback."""
     secret_file: str | None = None
     replay_window: str = "5m"
-    """How far a request's ``X-Intake-Timestamp`` may be from our clock."""
+    """How far a request's ``X-Intake-Timestamp`` may be from our clock. Within it every
+    signature is accepted once (remembered durably, across restarts); a byte-identical repeat
+    is refused with 409, so a retry is signed afresh and carries the same Idempotency-Key."""
     default_region: str = "CN"
     """Region used to read phone numbers written without a country code."""
 
@@ -70,10 +73,27 @@ _encode = msgspec.json.Encoder().encode
 _MAX_KEY = 200
 
 
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$")
+
+
+def _header_locale(accept_language: str | None) -> str | None:
+    """The first tag of ``Accept-Language`` when it is one; a header is a hint, never an error
+    (undecodable bytes arrive as surrogates, and ``*`` or junk name no language)."""
+    tag = (accept_language or "").split(",")[0].split(";")[0].strip()
+    return tag if _LANGUAGE_TAG.match(tag) else None
+
+
 def sign_request(secret: str, timestamp: str, body: bytes) -> str:
     """The ``X-Intake-Signature`` value: ``sha256=`` + hex HMAC over ``"{timestamp}." + body``."""
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
+
+
+class SignatureReplayed(RejectedInput):
+    """A byte-identical signed request seen before: HTTP 409, the client must sign afresh."""
+
+    status = 409
+    smtp_code = 550
 
 
 class ApiAdapter:
@@ -100,22 +120,31 @@ class ApiAdapter:
     async def stop(self) -> None:
         """Nothing to release."""
 
-    def _verify(self, request: web.Request, body: bytes) -> None:
+    async def _verify(self, request: web.Request, body: bytes) -> None:
         assert self.secret is not None
         ts = request.headers.get("X-Intake-Timestamp", "")
         sig = request.headers.get("X-Intake-Signature", "")
         if not ts or not sig:
             raise Unauthorized("this API requires X-Intake-Timestamp and X-Intake-Signature "
                                "headers (HMAC-SHA256 over \"{timestamp}.{body}\")")
-        try:
-            age = abs(time.time() - int(ts))
-        except ValueError:
-            raise Unauthorized("X-Intake-Timestamp must be Unix seconds") from None
-        if age > self.window.total_seconds():
+        # ASCII digits of a sane length (int("1" + "0" * 400) overflows the float below); a
+        # header byte that is not UTF-8 arrives as a surrogate, which cannot be encoded.
+        if not (ts.isascii() and ts.isdigit() and len(ts) <= 12):
+            raise Unauthorized("X-Intake-Timestamp must be Unix seconds")
+        window = self.window.total_seconds()
+        if abs(time.time() - int(ts)) > window:
             raise Unauthorized("X-Intake-Timestamp is outside the accepted window; check the "
                                "client's clock and sign each request afresh")
-        if not hmac.compare_digest(sig.encode(), sign_request(self.secret, ts, body).encode()):
+        if not sig.isascii() or not hmac.compare_digest(
+                sig.encode("ascii"), sign_request(self.secret, ts, body).encode()):
             raise Forbidden("the signature does not match the body")
+        # Kept until the timestamp leaves the window on its far side, across restarts.
+        ttl = max(int(ts) + window - time.time(), 0.0) + 1.0
+        if not await self.intake.first_use("api:signature", sig, ttl=ttl):
+            raise SignatureReplayed(
+                "this exact signed request was accepted already (replay guard); to retry, "
+                "sign it afresh with a new X-Intake-Timestamp and keep the same "
+                "Idempotency-Key, which makes the retry return the first receipt")
 
     async def handle(self, request: web.Request) -> web.Response:
         """Verify, decode, submit, answer with the receipt."""
@@ -124,7 +153,7 @@ class ApiAdapter:
             raise RejectedInput(f"send the message as application/json, not {ctype or 'nothing'}")
         body = await request.read()
         if self.secret is not None:
-            self._verify(request, body)
+            await self._verify(request, body)
         key = request.headers.get("Idempotency-Key")
         if key is not None and (not key.isprintable() or not 0 < len(key) <= _MAX_KEY):
             raise RejectedInput(f"Idempotency-Key must be 1 to {_MAX_KEY} printable characters")
@@ -148,12 +177,14 @@ class ApiAdapter:
             phone=(normalize_phone(c.phone, default_region=self.config.default_region,
                                    field="contact.phone") if c.phone else None),
             chat_ids=c.chat_ids,
+            # Signed with our secret: the client vouches for these identities. Unsigned, they
+            # are claims, which never join or change another customer's contact.
+            verified_by="api-signature" if self.secret is not None else None,
         )
         attachments = [await self.intake.store_attachment(a.data, name=a.name,
                                                           content_type=a.content_type)
                        for a in req.attachments]
-        locale = req.locale or (accept_language.split(",")[0].split(";")[0].strip()
-                                if accept_language else None)
+        locale = req.locale or _header_locale(accept_language)
         return InboundMessage(
             channel=self.kind, provider_message_id=key, received_at=now_utc(), contact=contact,
             subject=req.subject.strip(), text=req.text, attachments=attachments,

@@ -15,10 +15,11 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from gateway.config import parse_duration, resolve_secret
+from gateway.config import is_loopback, parse_duration, resolve_secret
 from gateway.contracts import AdapterContext
 from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
 from gateway.intake import IntakeService, now_utc
+from gateway.media import IDENTITY, MediaRefused, read_limited
 from gateway.wechat_protocol import (
     WeChatCrypto,
     WeChatPush,
@@ -100,9 +101,6 @@ class WeChatAdapter:
         self.tolerance = parse_duration(config.timestamp_tolerance,
                                         key="adapters.wechat.timestamp_tolerance").total_seconds()
         self.path = "/" + config.path.strip("/")
-        # (timestamp, nonce, signature) -> body digest: in plain mode the body is not signed,
-        # so a captured query must not carry another body.
-        self._seen: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         # (account, message key) -> the reply in progress or done, shared by WeChat's retries.
         self._replies: OrderedDict[tuple[str, str], tuple[float, asyncio.Task[bytes | None]]] = (
             OrderedDict())
@@ -112,7 +110,12 @@ class WeChatAdapter:
         return [web.get(self.path, self.handle_verify), web.post(self.path, self.handle_push)]
 
     async def start(self) -> None:
-        """Open the session images are fetched with."""
+        """Open the session images are fetched with; warn when plain pushes face the network."""
+        if self.config.mode != "safe" and not is_loopback(self.ctx.listen_host):
+            log.warning("adapters.wechat.mode = %r on %s: WeChat signs the query of plain "
+                        "pushes, not their body, so only the replay guard stands between a "
+                        "captured query and a forged message; use mode = \"safe\"",
+                        self.config.mode, self.ctx.listen_host)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.image_timeout))
 
@@ -127,45 +130,55 @@ class WeChatAdapter:
 
     # -- authentication -----------------------------------------------------------------------
 
-    def _check(self, request: web.Request) -> tuple[str, str]:
-        """Verify ``signature`` and the timestamp's age; returns (timestamp, nonce)."""
+    def _check(self, request: web.Request) -> tuple[str, str, str]:
+        """Verify ``signature`` and the timestamp's age; returns (timestamp, nonce, signature)."""
         q = request.query
         timestamp, nonce, signature = q.get("timestamp"), q.get("nonce"), q.get("signature")
         if not timestamp or not nonce or not signature:
             raise Forbidden("signature, timestamp and nonce are required")
         if not check_signature(self.token, timestamp, nonce, signature):
             raise Forbidden("the signature does not match")
-        try:
-            age = abs(time.time() - int(timestamp))
-        except ValueError:
-            raise Forbidden("timestamp must be Unix seconds") from None
-        if age > self.tolerance:
+        # ASCII digits of a sane length: int("1" + "0" * 400) would overflow the float below.
+        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+            raise Forbidden("timestamp must be Unix seconds")
+        if abs(time.time() - int(timestamp)) > self.tolerance:
             raise Forbidden("the timestamp is too old: a replayed request")
-        return timestamp, nonce
+        return timestamp, nonce, signature
 
-    def _not_replayed(self, request: web.Request, body: bytes) -> None:
-        q = request.query
-        key = (q["timestamp"], q["nonce"], q["signature"])
-        digest = hashlib.sha256(body).hexdigest()
-        now = time.time()
-        while self._seen:
-            (ts, _, _), _ = next(iter(self._seen.items()))
-            if ts.isdigit() and now - int(ts) <= self.tolerance and len(self._seen) < 100_000:
-                break
-            self._seen.popitem(last=False)
-        earlier = self._seen.setdefault(key, digest)
-        # The same body again is WeChat retrying (same query); another body is a forgery.
-        if earlier != digest:
-            raise Forbidden("this signature was already used for another message")
+    async def _first_use(self, signed: tuple[str, str, str], content: bytes) -> None:
+        """Refuse a signed query that was used before with other content (durably).
+
+        Plain mode signs only token, timestamp and nonce, never the body: a captured query (a
+        push, or the GET verification) could carry any body. Each signed query is recorded
+        in the store for as long as its timestamp is accepted, together with a digest of what
+        it carried (method and body). The same query with the same content again is WeChat
+        retrying, answered as before; with other content it is a forgery (403).
+        """
+        timestamp, nonce, signature = signed
+        query = hashlib.sha256(f"{timestamp}\0{nonce}\0{signature}".encode(
+            "utf-8", "surrogateescape")).hexdigest()
+        pair = hashlib.sha256(query.encode() + b"\0" + content).hexdigest()
+        # Valid until the timestamp leaves the window on the far side, not just `tolerance`.
+        ttl = max(int(timestamp) + self.tolerance - time.time(), 0.0) + 1.0
+        # The pair first: two racing deliveries of one retry both pass; two different bodies
+        # for one query cannot (only one of them claims the query).
+        if not await self.intake.first_use("wechat:signed-content", pair, ttl=ttl):
+            return  # exactly this request before: a retry
+        if not await self.intake.first_use("wechat:signed-query", query, ttl=ttl):
+            raise Forbidden("this signed query was already used for another request: a "
+                            "replay; WeChat signs every push afresh")
 
     # -- URL verification ---------------------------------------------------------------------
 
     async def handle_verify(self, request: web.Request) -> web.Response:
         """Server configuration check: answer ``echostr`` (decrypted, when WeCom-style)."""
-        timestamp, nonce = self._check(request)
+        signed = self._check(request)
+        timestamp, nonce, _ = signed
         echostr = request.query.get("echostr")
         if not echostr:
             raise RejectedInput("echostr is missing", field="echostr")
+        # Recorded like a push, so this query can never be reused to sign a POST body.
+        await self._first_use(signed, b"GET\0" + echostr.encode("utf-8", "surrogateescape"))
         msg_signature = request.query.get("msg_signature")
         if msg_signature and self.crypto is not None:
             plain = self.crypto.decrypt(msg_signature, timestamp, nonce, echostr)
@@ -176,7 +189,8 @@ class WeChatAdapter:
 
     async def handle_push(self, request: web.Request) -> web.Response:
         """A message or event; the answer is the passive reply (encrypted in safe mode)."""
-        timestamp, nonce = self._check(request)
+        signed = self._check(request)
+        timestamp, nonce, _ = signed
         body = await request.read()
         if len(body) > self.config.max_body_bytes:
             raise TooLarge(f"the push exceeds {self.config.max_body_bytes} bytes")
@@ -185,8 +199,7 @@ class WeChatAdapter:
             raise Forbidden("an encrypted push, but no EncodingAESKey is configured")
         if not encrypted and self.config.mode == "safe":
             raise Forbidden("safe mode: unencrypted pushes are refused")
-        if not encrypted:
-            self._not_replayed(request, body)
+        await self._first_use(signed, b"POST\0" + body)
         fields = parse_push(body, self.config.max_body_bytes)
         if encrypted:
             assert self.crypto is not None
@@ -250,7 +263,8 @@ class WeChatAdapter:
         found = self.intake.numbering.find_in(text)
         message = InboundMessage(
             channel=self.kind, provider_message_id=msg_key, delivery_scope=push.to_user,
-            received_at=now_utc(), contact=Contact(chat_ids={"wechat": push.from_user}),
+            received_at=now_utc(),
+            contact=Contact(chat_ids={"wechat": push.from_user}, verified_by="wechat-signature"),
             text=text, attachments=attachments,
             thread=ThreadHints(ticket_number=found[0] if found else None),
             conversational=True,
@@ -303,16 +317,15 @@ class WeChatAdapter:
             return None
         limit = min(self.config.max_image_bytes, self.intake.attachments.max_bytes)
         try:
-            async with self._session.get(url, allow_redirects=False) as resp:
+            async with self._session.get(url, headers=IDENTITY, allow_redirects=False) as resp:
                 if resp.status != 200:
-                    raise ValueError(f"HTTP {resp.status}")
-                data = await resp.content.read(limit + 1)
-                if len(data) > limit:
-                    raise ValueError(f"larger than {limit} bytes")
+                    raise MediaRefused(f"HTTP {resp.status}")
+                # Whole or not at all: a body past the limit or cut short is never stored.
+                data = await read_limited(resp, limit)
                 ctype = resp.headers.get("Content-Type", "image/jpeg").split(";")[0].strip()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, MediaRefused) as exc:
             # The reply must leave within 5 s: an image that does not come is only recorded.
-            reason = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+            reason = exc.reason if isinstance(exc, MediaRefused) else type(exc).__name__
             meta["wechat.image"] = f"not fetched: {reason}"
             return None
         if not ctype.startswith("image/"):
