@@ -71,6 +71,8 @@ class MailerAdapter:
     kind: ClassVar[str] = "mailer"
     Config: ClassVar[type[msgspec.Struct]] = MailerConfig
     ack_channels: ClassVar[tuple[str, ...]] = ("email",)
+    ack_ids_unguessable: ClassVar[bool] = True
+    """Our Message-IDs are 122 random bits (uuid4) that only the customer's mailbox sees."""
     receives: ClassVar[bool] = False
 
     def __init__(self, config: MailerConfig, intake: IntakeService,

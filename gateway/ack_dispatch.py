@@ -147,8 +147,9 @@ class AckDispatcher:
                         data=AckSentData(ticket_number=facts.ticket_number, channel=channel,
                                          outcome=facts.outcome, provider_message_id=provider_id))
         ACKS.labels(channel, "sent").inc()
+        unguessable = bool(getattr(sender, "ack_ids_unguessable", False))
         await self.store.run(lambda tx: _finish(tx, ack_id, "sent", provider_id, None, event,
-                                                ticket_id=ticket_id))
+                                                ticket_id=ticket_id, unguessable=unguessable))
 
     async def _fail(self, ack_id: int, facts: AckFacts, channel: str, reason: str,
                     attempts: int, *, status: str = "failed") -> None:
@@ -185,14 +186,16 @@ def _retry(tx: SqliteTx, ack_id: int, attempts: int, delay: float, error: str) -
 
 
 def _finish(tx: SqliteTx, ack_id: int, status: str, provider_id: str | None, error: str | None,
-            event: AckSent | AckFailed | None, *, ticket_id: int | None = None) -> None:
+            event: AckSent | AckFailed | None, *, ticket_id: int | None = None,
+            unguessable: bool = False) -> None:
     tx.conn.execute("UPDATE acks SET status = ?, provider_id = ?, last_error = ?, sent_at = ?"
                     " WHERE id = ?", (status, provider_id, error and error[:300],
                                       time.time_ns() // 1000, ack_id))
     if provider_id and ticket_id is not None:
         # Replies that quote our acknowledgement's id (In-Reply-To) find the ticket again.
-        tx.conn.execute("INSERT OR IGNORE INTO ack_refs(ref, ticket_id) VALUES (?, ?)",
-                        (provider_id, ticket_id))
+        # Only an unguessable id lets a reply from another address in (gateway/decision.py).
+        tx.conn.execute("INSERT OR IGNORE INTO ack_refs(ref, ticket_id, unguessable)"
+                        " VALUES (?, ?, ?)", (provider_id, ticket_id, int(unguessable)))
     if event is not None:
         tx.append_event(event_id=event.id, type_=type(event).__struct_config__.tag,  # type: ignore[arg-type]
                         subject=event.subject, priority=None, body=_encode(event))

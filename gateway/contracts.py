@@ -82,6 +82,11 @@ class AckSender(Protocol):
 
     ack_channels: ClassVar[tuple[str, ...]]
     """The outbox channels this sender serves, e.g. ``("email",)`` or ``("sms",)``."""
+    ack_ids_unguessable: ClassVar[bool]
+    """Optional, default False. True when the ids ``send_ack`` returns are random secrets only
+    the recipient sees (the mailer's Message-IDs): then a message quoting one joins the ticket
+    whoever sends it. Ids built from public facts (a chat id and a counter) join only messages
+    from the ticket's own contact."""
 
     async def send_ack(self, ack: Acknowledgement, *, to: str, reply_to: str | None) -> str | None:
         """Send one acknowledgement to ``to``; return the provider's message id if it has one.

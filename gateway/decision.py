@@ -67,6 +67,13 @@ class SubmissionPlan(msgspec.Struct, frozen=True, kw_only=True):
     """Outcomes for which ``outbox_acks`` are written."""
     inline_ack: bool
     event_source: str
+    verified: bool = True
+    """The sender's identities are vouched for by the channel (``Contact.verified_by``); False
+    for claims (web form, unsigned API), which never join another contact's ticket unseen."""
+    owner_routes: list[tuple[str, str, OutboxAck]] = []
+    """For claims: ``(identity kind, value, ack)`` routes by which a ticket's owner can be told
+    of a follow-up. A claimed follow-up joins a ticket only through a route to an identity that
+    ticket's contact owns, and that acknowledgement is then always sent."""
 
 
 class TicketRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,17 +110,29 @@ class Tx(Protocol):
         ...
 
     def resolve_contact(
-        self, identities: list[tuple[str, str]], name: str | None, customer_type: str | None
+        self, identities: list[tuple[str, str]], name: str | None, customer_type: str | None,
+        *, verified: bool = True,
     ) -> tuple[int, ContactView]:
-        """Find the contact owning any identity (oldest wins), create it if none, link the rest.
+        """Find the contact owning any identity, create it if none; returns (key, view).
 
-        Returns the store's contact key and the contact as downstream sees it."""
+        Verified: the oldest contact owning one of the identities *verified* wins; its name and
+        type may be updated; identities nobody owns are linked to it, and identities that only
+        a claim linked are moved to it (proof beats a claim); verified identities of other
+        contacts stay where they are. Claim: the oldest owner of any identity (verified first)
+        wins and nothing of it changes; with no owner, a new contact is created whose identities
+        are marked claimed, and ``customer_type = "vip"`` is ignored."""
+        ...
+
+    def owns_identity(self, contact_id: int, kind: str, value: str) -> bool:
+        """True when the identity belongs to the contact."""
         ...
 
     def ticket_by_number(self, number: str) -> TicketRow | None: ...
 
-    def ticket_by_reference(self, refs: list[str]) -> TicketRow | None:
-        """The ticket one of our acknowledgements (its provider message id) belongs to."""
+    def ticket_by_reference(self, refs: list[str]) -> tuple[TicketRow, bool] | None:
+        """The ticket one of our acknowledgements (its provider message id) belongs to, and
+        whether that id is unguessable (our random email Message-IDs) rather than derived from
+        public facts (a Telegram chat id and message counter)."""
         ...
 
     def recent_open_ticket(self, contact_id: int, since: datetime) -> TicketRow | None:
@@ -158,41 +177,72 @@ class AckFacts(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) -> StoredReceipt:
-    """Decide the outcome of ``plan`` and write its effects through ``tx``; see module docstring."""
+    """Decide the outcome of ``plan`` and write its effects through ``tx``; see module docstring.
+
+    Who may join what (docs/security.md): a reference joins its ticket when it is unguessable or
+    comes from that ticket's own verified contact; a typed ticket number joins when it comes
+    from that ticket's verified contact; a claim joins only through an acknowledgement to an
+    address the ticket's contact owns, so the real owner is told. Everything else opens a new
+    ticket that names what it pointed at in ``hinted_tickets``, for agents, never for the sender.
+    """
     if plan.delivery_key is not None:
         earlier = tx.find_receipt(plan.delivery_key)
         if earlier is not None:
             return earlier
 
     msg = plan.message
-    contact_id, contact = tx.resolve_contact(plan.identities, msg.contact.name, msg.customer_type)
+    contact_id, contact = tx.resolve_contact(plan.identities, msg.contact.name,
+                                             msg.customer_type, verified=plan.verified)
 
     ticket: TicketRow | None = None
     matched_by = ""
+    owner_acks: list[OutboxAck] = []
+    hints: list[str] = []
     if msg.thread.in_reply_to or msg.thread.references:
         refs = [r for r in (msg.thread.in_reply_to, *msg.thread.references) if r]
-        # Our acknowledgements' ids are random and only their recipient saw them, so a message
-        # naming one belongs to that ticket whoever sends it: a customer's colleague answering a
-        # forwarded acknowledgement, or a bounce of the acknowledgement itself (which must never
-        # open a ticket of its own).
-        ticket = tx.ticket_by_reference(refs)
-        matched_by = "reply_header"
+        found = tx.ticket_by_reference(refs)
+        if found is not None:
+            candidate, unguessable = found
+            # Our email Message-IDs are random and were only ever sent to the ticket's address,
+            # so whoever quotes one read that mailbox (a colleague, a forward, a bounce of the
+            # acknowledgement). Any other id is only as good as the sender's own identity.
+            if unguessable or (plan.verified and candidate.contact_id == contact_id):
+                ticket, matched_by = candidate, "reply_header"
+            elif candidate.contact_id == contact_id and (
+                    routes := _owner_acks(tx, plan, candidate)):
+                ticket, matched_by, owner_acks = candidate, "reply_header", routes
+            else:
+                hints.append(candidate.number)
     if ticket is None:
         for number in plan.numbers_named:
             candidate = tx.ticket_by_number(number)
-            # No hijacking: a number only joins a ticket when it comes from that ticket's contact.
-            if candidate is not None and candidate.contact_id == contact_id:
-                ticket, matched_by = candidate, "ticket_number"
-                break
+            if candidate is None:
+                continue
+            # No hijacking: a number only joins a ticket when it comes from that ticket's
+            # contact, and a claim to be that contact only when the contact is told.
+            if candidate.contact_id == contact_id:
+                if plan.verified:
+                    ticket, matched_by = candidate, "ticket_number"
+                    break
+                if routes := _owner_acks(tx, plan, candidate):
+                    ticket, matched_by, owner_acks = candidate, "ticket_number", routes
+                    break
+            if candidate.number not in hints:
+                hints.append(candidate.number)
     view = _message_view(plan)
     now = msg.received_at
     if ticket is None:
         # The same content again is a duplicate before it is a chat follow-up: the customer
         # is told "we already have it" rather than nothing.
-        found = tx.duplicate_of(contact_id, plan.fingerprint, plan.duplicate_since)
-        if found is not None:
-            return _duplicate(tx, plan, contact, contact_id, view, *found)
-    if ticket is None and plan.chat_since is not None:
+        found_dup = tx.duplicate_of(contact_id, plan.fingerprint, plan.duplicate_since)
+        if found_dup is not None:
+            if plan.verified:
+                return _duplicate(tx, plan, contact, contact_id, view, *found_dup)
+            # A claim repeating a known request would learn that ticket's number: it gets a
+            # ticket of its own, and agents see what it repeats.
+            if found_dup[0].number not in hints:
+                hints.append(found_dup[0].number)
+    if ticket is None and plan.chat_since is not None and plan.verified:
         ticket = tx.recent_open_ticket(contact_id, plan.chat_since)
         matched_by = "chat_window"
 
@@ -206,7 +256,7 @@ def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) 
             data=MessageAddedData(ticket=_ticket_view(ticket), contact=contact, message=view,
                                   matched_by=matched_by),
         )
-        _effects(tx, plan, ticket, receipt, event)
+        _effects(tx, plan, ticket, receipt, event, owner_acks)
         return receipt
 
     seq = tx.next_sequence(numbering.scope(plan.number_day))
@@ -218,10 +268,17 @@ def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) 
         id=new_id(), source=plan.event_source, subject=number, time=now,
         priority=ticket.priority,
         data=TicketCreatedData(ticket=_ticket_view(ticket), contact=contact, message=view,
-                               acknowledged_inline=plan.inline_ack and receipt.acknowledge),
+                               acknowledged_inline=plan.inline_ack and receipt.acknowledge,
+                               hinted_tickets=hints),
     )
     _effects(tx, plan, ticket, receipt, created)
     return receipt
+
+
+def _owner_acks(tx: Tx, plan: SubmissionPlan, ticket: TicketRow) -> list[OutboxAck]:
+    """The claim's acknowledgement routes that reach an identity the ticket's contact owns."""
+    return [ack for kind, value, ack in plan.owner_routes
+            if tx.owns_identity(ticket.contact_id, kind, value)]
 
 
 def _duplicate(tx: Tx, plan: SubmissionPlan, contact: ContactView, contact_id: int,
@@ -241,15 +298,20 @@ def _duplicate(tx: Tx, plan: SubmissionPlan, contact: ContactView, contact_id: i
 def _effects(
     tx: Tx, plan: SubmissionPlan, ticket: TicketRow, receipt: StoredReceipt,
     event: TicketCreated | MessageAdded | DuplicateReceived,
+    owner_acks: list[OutboxAck] | None = None,
 ) -> None:
     tx.append_event(event_id=event.id, type_=_type_of(event), subject=ticket.number,
                     priority=ticket.priority, body=_encode(event))
-    if receipt.outcome not in plan.ack_on:
+    acks = list(plan.outbox_acks) if receipt.outcome in plan.ack_on else []
+    # A claimed follow-up always tells the ticket's owner, loop policy's "no ack" included:
+    # that notice is what makes letting the claim in safe.
+    acks += [a for a in owner_acks or () if a not in acks]
+    if not acks:
         return
     facts = _encode(AckFacts(ticket_number=ticket.number, outcome=receipt.outcome,
                              due_at=ticket.due_at, locale=plan.message.locale,
                              subject=plan.message.subject))
-    for ack in plan.outbox_acks:
+    for ack in acks:
         tx.insert_ack(ticket_id=ticket.id, message_uid=plan.message_uid, ack=ack, payload=facts)
 
 
@@ -275,4 +337,4 @@ def _message_view(plan: SubmissionPlan) -> MessageView:
                        subject=m.subject, text=m.text, html=m.html, attachments=m.attachments,
                        locale=m.locale, auto_submitted=m.auto_submitted,
                        order_number=m.order_number, device_model=m.device_model,
-                       metadata=m.metadata)
+                       metadata=m.metadata, verified_by=m.contact.verified_by)

@@ -50,7 +50,8 @@ class IntakeService:
     """What adapters call: :meth:`submit` and :meth:`store_attachment`."""
 
     def __init__(self, config: Config, store: RunsDecision, attachments: AttachmentStore,
-                 *, sms_ack_available: bool = False) -> None:
+                 *, sms_ack_available: bool = False,
+                 ack_channels: frozenset[str] | None = None) -> None:
         self.config = config
         self.store = store
         self.attachments = attachments
@@ -61,7 +62,10 @@ class IntakeService:
                                                key="intake.duplicate_window")
         self.chat_window = parse_duration(config.intake.chat_followup_window,
                                           key="intake.chat_followup_window")
-        self.sms_ack_available = sms_ack_available
+        self.ack_channels = (ack_channels if ack_channels is not None
+                             else frozenset({"sms"}) if sms_ack_available else frozenset())
+        """Outbox channels some enabled adapter can send on (``email``, ``sms``...)."""
+        self.sms_ack_available = "sms" in self.ack_channels
 
     async def store_attachment(self, data: bytes, *, name: str, content_type: str) -> Attachment:
         return await self.attachments.put(data, name=name, content_type=content_type)
@@ -147,16 +151,26 @@ class IntakeService:
             if tri.escalated and m.contact.phone and self.sms_ack_available \
                     and not answered_on_phone and not unreachable:
                 outbox.append(OutboxAck(channel="sms", to=m.contact.phone))
+        identities = identities_of(m)
+        verified = m.contact.verified_by is not None
+        fingerprint = _fingerprint(m)
         delivery_key = None
         if m.provider_message_id:
-            delivery_key = f"{m.channel}\x1f{m.delivery_scope}\x1f{m.provider_message_id}"
+            delivery_key = _delivery_key(m, identities, fingerprint, verified=verified)
+        owner_routes: list[tuple[str, str, OutboxAck]] = []
+        if not verified:
+            # A claimed follow-up may join a ticket only if its owner is told at their address.
+            for kind, value in identities:
+                channel = {"email": "email", "phone": "sms"}.get(kind)
+                if channel in self.ack_channels:
+                    owner_routes.append((kind, value, OutboxAck(channel=channel, to=value)))
         local_day = received.astimezone(self.calendar.tz).date()
         return SubmissionPlan(
             message=m,
             message_uid=new_id(),
             delivery_key=delivery_key,
-            identities=identities_of(m),
-            fingerprint=_fingerprint(m),
+            identities=identities,
+            fingerprint=fingerprint,
             triage=tri,
             due_at=due_at(received, tri.priority, self.config.targets, self.calendar),
             number_day=local_day,
@@ -167,7 +181,24 @@ class IntakeService:
             ack_on=("created", "duplicate"),
             inline_ack=ack_via is None and not unreachable,
             event_source=self.config.intake.event_source,
+            verified=verified,
+            owner_routes=owner_routes,
         )
+
+
+def _delivery_key(m: InboundMessage, identities: list[tuple[str, str]], fingerprint: str,
+                  *, verified: bool) -> str:
+    """``channel · scope · sender · provider id``: a delivery key belongs to its sender.
+
+    Message-IDs and Idempotency-Keys are chosen by the sender, so another sender reusing one
+    must make a new message, never learn the first one's receipt. A claim's sender is only
+    what it typed, so its content is part of the key too: the same key with other words is a
+    new message, not a silent replay.
+    """
+    sender = "\x1e".join(f"{k}={v}" for k, v in identities)
+    if not verified:
+        sender += f"\x1e#{fingerprint}"
+    return f"{m.channel}\x1f{m.delivery_scope}\x1f{sender}\x1f{m.provider_message_id}"
 
 
 def _fingerprint(m: InboundMessage) -> str:

@@ -16,7 +16,10 @@ from schemas.message import Area, Attachment, CustomerType, Kind, Outcome, Prior
 
 
 class ContactView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """The contact as downstream sees it: our stable id plus the identities we know."""
+    """The contact as downstream sees it: our stable id plus the identities we know.
+
+    Identities here are those linked by verified messages, plus those of a contact that a claim
+    created (see ``Contact.verified_by``); the message's own ``verified_by`` says which."""
 
     id: str
     name: str | None = None
@@ -41,6 +44,8 @@ class MessageView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     order_number: str | None = None
     device_model: str | None = None
     metadata: dict[str, str] = {}
+    verified_by: str | None = None
+    """Who vouched for the sender's identities (``Contact.verified_by``); None for a claim."""
 
 
 class TicketView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -64,6 +69,11 @@ class TicketCreatedData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     acknowledged_inline: bool = False
     """True when the acknowledgement went back in the provider's own response (form page,
     JSON answer, TwiML, WeChat passive reply), so no ``ack.sent`` follows."""
+    hinted_tickets: list[str] = []
+    """Tickets the message pointed at without proof that its sender owns them: a reference or
+    a typed number of another contact's ticket, a claim's follow-up that could not be
+    confirmed with the ticket's owner, a claim repeating a known request. The sender was not
+    joined to them and was not told their numbers; agents may link them after checking."""
 
 
 class MessageAddedData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

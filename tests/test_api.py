@@ -66,8 +66,10 @@ async def test_two_hundred_identical_requests_make_one_ticket(gateway: Gateway, 
     assert events[0]["data"]["ticket"]["priority"] == "high"
 
 
-async def test_same_content_without_key_is_duplicate_even_across_channels(
+async def test_same_content_from_a_claim_is_seen_but_never_shows_the_first_number(
         gateway: Gateway, http) -> None:
+    # The unsigned API and the form carry typed addresses: whoever typed b@example.org the
+    # second time must not learn the first ticket's number. Agents see the repeat as a hint.
     _, first = await post(http, gateway, {"contact": {"email": "b@example.org"},
                                           "text": "The app crashes when I log in.\n\n-- \nBob"})
     form = aiohttp.FormData()
@@ -77,9 +79,10 @@ async def test_same_content_without_key_is_duplicate_even_across_channels(
     async with http.post(f"{gateway.url}/form", data=form) as resp:
         page = await resp.text()
     assert resp.status == 200
-    assert first["ticket_number"] in page
-    types = [e["type"] for e in await read_events(http, gateway.url)]
-    assert types == ["ticket.created", "ticket.duplicate_received"]
+    assert first["ticket_number"] not in page
+    events = await read_events(http, gateway.url)
+    assert [e["type"] for e in events] == ["ticket.created", "ticket.created"]
+    assert events[1]["data"]["hinted_tickets"] == [first["ticket_number"]]
 
 
 async def test_followup_by_number_only_from_the_owner(gateway: Gateway, http) -> None:

@@ -849,10 +849,26 @@ def test_to_inbound_builds_the_schema_message() -> None:
     assert message.subject == "退款" and message.text == "请退款"
     assert message.thread.in_reply_to == "ack@gw.example"
     assert message.thread.references == ["ack@gw.example"]
-    assert message.metadata == {"mailbox": "support@example.com", "to": "support@example.com"}
+    assert message.metadata == {"mailbox": "support@example.com", "to": "support@example.com",
+                                "mail_auth": "none: no Authentication-Results header"}
+    assert message.contact.verified_by == "imap"
     assert message.locale == "zh-CN"
     assert message.auto_submitted is False
     assert message.received_at == RECEIVED
+
+
+def test_the_nearest_mtas_authentication_verdict_is_recorded() -> None:
+    # Only the topmost header is the nearest MTA's; a lower one may be the sender's own forgery.
+    raw = raw_mail(
+        [("Authentication-Results",
+          b"mx.example.com;\r\n spf=pass smtp.mailfrom=example.cn;\r\n"
+          b" dkim=pass header.d=example.cn; dmarc=pass"),
+         ("Authentication-Results", b"forged.example; dkim=pass; spf=pass"),
+         ("From", b"wang@example.cn"), ("Content-Type", b"text/plain; charset=utf-8")],
+        b"hello")
+    message = to_inbound(parse_email(raw), channel="smtp", mailbox="m", received_at=RECEIVED,
+                         attachments=[])
+    assert message.metadata["mail_auth"] == "mx.example.com; spf=pass dkim=pass dmarc=pass"
 
 
 def test_to_inbound_marks_machine_mail() -> None:

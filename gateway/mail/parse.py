@@ -114,6 +114,10 @@ class ParsedEmail(msgspec.Struct, frozen=True, kw_only=True):
     defects: list[str] = []
     refusal: str | None = None
     """Why this input cannot be taken as a mail at all; None for a usable mail."""
+    auth_results: str | None = None
+    """The topmost ``Authentication-Results`` header (RFC 8601), as the nearest MTA wrote it:
+    its SPF/DKIM/DMARC verdicts on the sender. Meaningful only when that MTA removes forged
+    ones carrying its own authserv-id, as RFC 8601 section 5 asks; recorded, not trusted."""
 
 
 DEFAULT_LIMITS = MailLimits()
@@ -1104,6 +1108,21 @@ def parse_email(raw: bytes, *, limits: MailLimits = DEFAULT_LIMITS) -> ParsedEma
         )
 
 
+_AUTH_RESULT = re.compile(r"\b(spf|dkim|dmarc|arc)\s*=\s*([a-z]+)", re.IGNORECASE)
+
+
+def _auth_results(msg: Message) -> str | None:
+    """``"mx.example.org; spf=pass dkim=pass dmarc=pass"`` from the topmost header, or None."""
+    value = msg.get("authentication-results")
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    authserv = text.split(";", 1)[0].strip()[:100]
+    verdicts = [f"{m.group(1).lower()}={m.group(2).lower()}"
+                for m in _AUTH_RESULT.finditer(text)][:8]
+    return f"{authserv}; {' '.join(verdicts) or 'none'}"
+
+
 def _parse(raw: bytes, limits: MailLimits) -> ParsedEmail:
     defects: list[str] = []
     raw = _trim_preamble(raw, defects)
@@ -1161,6 +1180,7 @@ def _parse(raw: bytes, limits: MailLimits) -> ParsedEmail:
         content_type=_content_type(msg),
         report_type=report_type,
         loop_headers=_loop_headers(msg, fallbacks),
+        auth_results=_auth_results(msg),
         enclosed_message_ids=_dedupe(walk.enclosed_ids, _MAX_REFERENCES),
         defects=_dedupe(defects + walk.defects, _MAX_DEFECTS),
         refusal=refusal,
@@ -1202,12 +1222,15 @@ def to_inbound(
         metadata["mail_class"] = mail_class.kind
     if parsed.dropped:
         metadata["dropped_attachments"] = "; ".join(parsed.dropped)
+    # The sender address is vouched for by the mail channel as far as mail can be: the verdict
+    # of the MTA in front is kept with it, so agents (and a stricter policy) can weigh it.
+    metadata["mail_auth"] = parsed.auth_results or "none: no Authentication-Results header"
     return InboundMessage(
         channel=channel,
         provider_message_id=parsed.message_id,
         delivery_scope=mailbox,
         received_at=received_at.astimezone(UTC),
-        contact=Contact(name=parsed.from_name, email=parsed.from_address),
+        contact=Contact(name=parsed.from_name, email=parsed.from_address, verified_by=channel),
         subject=parsed.subject,
         text=parsed.text,
         html=parsed.html,

@@ -17,12 +17,15 @@ import msgspec
 
 from gateway.decision import OutboxAck, StoredReceipt, SubmissionPlan, TicketRow
 from gateway.errors import TransientError
+from gateway.files import make_private
 from gateway.ids import new_id
 from schemas import ContactView
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first schema. 2: ``identities.verified`` (claims), ``ack_refs.unguessable``,
+``replay_guards``."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -31,6 +34,7 @@ CREATE TABLE IF NOT EXISTS contacts(
     created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS identities(
     kind TEXT NOT NULL, value TEXT NOT NULL, contact_id INTEGER NOT NULL REFERENCES contacts(id),
+    verified INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY(kind, value)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS identities_contact ON identities(contact_id);
 CREATE TABLE IF NOT EXISTS sequences(scope TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -47,7 +51,8 @@ CREATE TABLE IF NOT EXISTS messages(
     outcome TEXT NOT NULL, received_at INTEGER NOT NULL, fingerprint TEXT NOT NULL,
     body BLOB NOT NULL, receipt BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS messages_dedup ON messages(contact_id, fingerprint, received_at);
-CREATE TABLE IF NOT EXISTS ack_refs(ref TEXT PRIMARY KEY, ticket_id INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ack_refs(ref TEXT PRIMARY KEY, ticket_id INTEGER NOT NULL,
+    unguessable INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS acks(
     id INTEGER PRIMARY KEY, ticket_id INTEGER NOT NULL, message_uid TEXT NOT NULL,
     channel TEXT NOT NULL, recipient TEXT NOT NULL, reply_to TEXT, payload BLOB NOT NULL,
@@ -71,6 +76,8 @@ CREATE TABLE IF NOT EXISTS events(
 """
 
 _receipt_decoder = msgspec.msgpack.Decoder(StoredReceipt)
+_MAX_REFS = 50
+"""References looked up per message: a sender can list thousands, each a query."""
 _encode_mp = msgspec.msgpack.Encoder().encode
 
 
@@ -120,29 +127,55 @@ class SqliteTx:
         return None if row is None else _receipt_decoder.decode(row[0])
 
     def resolve_contact(
-        self, identities: list[tuple[str, str]], name: str | None, customer_type: str | None
+        self, identities: list[tuple[str, str]], name: str | None, customer_type: str | None,
+        *, verified: bool = True,
     ) -> tuple[int, ContactView]:
         c = self.conn
-        owner: int | None = None
+        rows: dict[tuple[str, str], tuple[int, bool]] = {}
         for kind, value in identities:
-            row = c.execute("SELECT contact_id FROM identities WHERE kind = ? AND value = ?",
-                            (kind, value)).fetchone()
-            if row is not None and (owner is None or row[0] < owner):
-                owner = row[0]
+            row = c.execute("SELECT contact_id, verified FROM identities"
+                            " WHERE kind = ? AND value = ?", (kind, value)).fetchone()
+            if row is not None:
+                rows[(kind, value)] = (row[0], bool(row[1]))
+        proven = [cid for cid, ok in rows.values() if ok]
+        if verified:
+            # Only a verified identity leads a verified sender to a contact: one that a claim
+            # linked may be someone else's, typed in beside the sender's own.
+            owner = min(proven) if proven else None
+        else:
+            owner = min(proven) if proven else min((cid for cid, _ in rows.values()), default=None)
+        if owner is not None and not verified:
+            # A claim changes nothing of an existing contact: no name, no type, no new links.
+            return owner, self._contact_view(owner)
         if owner is None:
+            if not verified and customer_type == "vip":
+                customer_type = None  # self-declared VIP status is not taken from a claim
             owner = c.execute(
                 "INSERT INTO contacts(uid, name, customer_type, created_at) VALUES (?, ?, ?, ?)",
                 (new_id(), name, customer_type, time.time_ns() // 1000)).lastrowid
+            assert owner is not None
         else:
             # Later messages may bring a name or a customer type the first one lacked.
             c.execute("UPDATE contacts SET name = coalesce(?, name),"
                       " customer_type = coalesce(?, customer_type) WHERE id = ?",
                       (name, customer_type, owner))
-        assert owner is not None
-        # An identity already owned by another contact stays there: linking is never a takeover.
-        c.executemany("INSERT OR IGNORE INTO identities(kind, value, contact_id) VALUES (?, ?, ?)",
-                      [(k, v, owner) for k, v in identities])
+        flag = int(verified)
+        for kind, value in identities:
+            found = rows.get((kind, value))
+            if found is None:
+                c.execute("INSERT OR IGNORE INTO identities(kind, value, contact_id, verified)"
+                          " VALUES (?, ?, ?, ?)", (kind, value, owner, flag))
+            elif verified and not found[1]:
+                # Proof beats a claim: the identity moves to the contact that proved it.
+                c.execute("UPDATE identities SET contact_id = ?, verified = 1"
+                          " WHERE kind = ? AND value = ?", (owner, kind, value))
+            # A verified identity of another contact stays there: linking is never a takeover.
         return owner, self._contact_view(owner)
+
+    def owns_identity(self, contact_id: int, kind: str, value: str) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM identities WHERE kind = ? AND value = ? AND contact_id = ?",
+            (kind, value, contact_id)).fetchone() is not None
 
     def _contact_view(self, contact_id: int) -> ContactView:
         uid, name, ctype = self.conn.execute(
@@ -175,13 +208,17 @@ class SqliteTx:
         return self._ticket(self.conn.execute(
             f"SELECT {self._TICKET_COLS} FROM tickets WHERE number = ?", (number,)).fetchone())
 
-    def ticket_by_reference(self, refs: list[str]) -> TicketRow | None:
-        for ref in refs:
-            row = self.conn.execute(
-                f"SELECT {self._TICKET_COLS} FROM tickets WHERE id ="
-                " (SELECT ticket_id FROM ack_refs WHERE ref = ?)", (ref,)).fetchone()
-            if row is not None:
-                return self._ticket(row)
+    def ticket_by_reference(self, refs: list[str]) -> tuple[TicketRow, bool] | None:
+        for ref in refs[:_MAX_REFS]:
+            found = self.conn.execute(
+                "SELECT ticket_id, unguessable FROM ack_refs WHERE ref = ?", (ref,)).fetchone()
+            if found is None:
+                continue
+            row = self.conn.execute(f"SELECT {self._TICKET_COLS} FROM tickets WHERE id = ?",
+                                    (found[0],)).fetchone()
+            ticket = self._ticket(row)
+            if ticket is not None:
+                return ticket, bool(found[1])
         return None
 
     def recent_open_ticket(self, contact_id: int, since: datetime) -> TicketRow | None:
@@ -271,6 +308,22 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a schema-1 database to schema 2 in place (new tables come from ``_SCHEMA``)."""
+    def columns(table: str) -> set[str]:
+        return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+    if "verified" not in columns("identities"):
+        # Identities linked before claims were told apart keep working as they did.
+        conn.execute("ALTER TABLE identities ADD COLUMN verified INTEGER NOT NULL DEFAULT 1")
+    if "unguessable" not in columns("ack_refs"):
+        conn.execute("ALTER TABLE ack_refs ADD COLUMN unguessable INTEGER NOT NULL DEFAULT 0")
+        # Until now only the mailer's random Message-IDs were worth trusting from anyone.
+        conn.execute("UPDATE ack_refs SET unguessable = 1 WHERE ref IN"
+                     " (SELECT provider_id FROM acks WHERE channel = 'email'"
+                     " AND provider_id IS NOT NULL)")
+
+
 class SqliteStore:
     """Embedded store: submissions go to one writer thread that commits them in groups.
 
@@ -296,9 +349,11 @@ class SqliteStore:
         """Create the schema if needed and start the writer thread."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
+        make_private(self.path)  # tickets and contacts: owner-only, like the data dir
         try:
             conn.executescript(_SCHEMA)
-            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            _upgrade(conn)
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
             self.last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         except sqlite3.Error as exc:

@@ -42,6 +42,11 @@ class ChannelDriver(Protocol):
     """The contract suite's view of one channel."""
 
     kind: ClassVar[str]
+    verified: ClassVar[bool]
+    """True when the channel vouches for the customer's identity (a signed webhook, the mail
+    sender); False when it only carries what the customer typed (``Contact.verified_by`` None).
+    Claims never learn another ticket's number: the suite expects their repeats to open a ticket
+    of their own that names the first in ``hinted_tickets``."""
 
     def config_toml(self) -> str:
         """Config the gateway under test needs for this adapter (enabled, fake secrets...)."""
@@ -70,6 +75,7 @@ class ApiDriver:
     """``POST /v1/messages`` with an Idempotency-Key."""
 
     kind: ClassVar[str] = "api"
+    verified: ClassVar[bool] = False
 
     def config_toml(self) -> str:
         return ""
@@ -94,6 +100,7 @@ class WebformDriver:
     """The web form, posted as a browser without JavaScript would."""
 
     kind: ClassVar[str] = "webform"
+    verified: ClassVar[bool] = False
 
     def config_toml(self) -> str:
         return "[adapters.webform]\nrate_limit = 1000\n"

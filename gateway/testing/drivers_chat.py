@@ -73,6 +73,7 @@ class TwilioDriver:
     """An SMS posted to ``/twilio/sms`` signed with the account's auth token."""
 
     kind: ClassVar[str] = "twilio"
+    verified: ClassVar[bool] = True
     account_sid: ClassVar[str] = "AC" + "c0ffee00" * 4
     auth_token: ClassVar[str] = "contract-twilio-auth-token"
     number: ClassVar[str] = "+14155550100"
@@ -163,6 +164,7 @@ class TelegramDriver:
     """An update posted to the webhook with its secret token; the ack read from the fake."""
 
     kind: ClassVar[str] = "telegram"
+    verified: ClassVar[bool] = True
     token: ClassVar[str] = "700000001:contract-telegram-token"
     secret: ClassVar[str] = "contract-telegram-secret"
     ack_wait: ClassVar[float] = 2.0
@@ -228,6 +230,7 @@ class WeChatDriver:
     """A signed plain-mode push; the ticket number read from the passive reply."""
 
     kind: ClassVar[str] = "wechat"
+    verified: ClassVar[bool] = True
     token: ClassVar[str] = "contract-wechat-token"
 
     def __init__(self) -> None:

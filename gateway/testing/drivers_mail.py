@@ -155,6 +155,7 @@ class SmtpDriver:
     """Sends one mail per ``send`` with smtplib, as the customer's provider would."""
 
     kind: ClassVar[str] = "smtp"
+    verified: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.capture = shared_capture()
@@ -201,6 +202,7 @@ class ImapDriver:
     """Appends the customer's mail to a watched Dovecot mailbox; the ack read from the relay."""
 
     kind: ClassVar[str] = "imap"
+    verified: ClassVar[bool] = True
     ack_wait: ClassVar[float] = 2.0
     """Seconds to wait for an acknowledgement after the message was taken (none comes for a
     follow-up or a replay; the driver then reports the number this customer was told last)."""
