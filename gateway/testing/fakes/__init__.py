@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from aiohttp import web
 
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from gateway.testing.fakes.twilio import FakeTwilio, signed_webhook
     from gateway.testing.fakes.wechat import FakeWeChat
 
-__all__ = ["FakeServer", "FakeTelegram", "FakeTwilio", "FakeWeChat", "signed_webhook"]
+__all__ = ["Delivery", "FakeServer", "FakeTelegram", "FakeTwilio", "FakeWeChat", "serve_body",
+           "signed_webhook"]
 
 _LAZY = {
     "FakeTelegram": "gateway.testing.fakes.telegram",
@@ -90,3 +91,31 @@ class FakeServer:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+Delivery = Literal["whole", "chunked", "short"]
+"""How a fake serves a file: ``whole`` with its Content-Length; ``chunked`` streamed with no
+declared size (as CDNs do); ``short`` declaring twice its length, then closing the connection
+after the real bytes: a hostile or broken provider."""
+
+
+async def serve_body(request: web.Request, data: bytes, content_type: str,
+                     delivery: Delivery = "whole") -> web.StreamResponse:
+    """Answer ``request`` with ``data`` the way ``delivery`` says."""
+    if delivery == "whole":
+        # headers=, not content_type=: aiohttp refuses a content_type that carries parameters
+        return web.Response(body=data, headers={"Content-Type": content_type})
+    headers = {"Content-Type": content_type}
+    if delivery == "short":
+        headers["Content-Length"] = str(2 * len(data) + 1)
+    response = web.StreamResponse(headers=headers)
+    if delivery == "chunked":
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    for start in range(0, len(data), 16_384):
+        await response.write(data[start:start + 16_384])
+    if delivery == "short" and request.transport is not None:
+        request.transport.close()  # the rest never comes
+        return response
+    await response.write_eof()
+    return response

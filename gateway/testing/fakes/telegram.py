@@ -25,7 +25,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from gateway.testing.fakes import FakeServer
+from gateway.testing.fakes import Delivery, FakeServer, serve_body
 
 __all__ = ["ApiCall", "FakeTelegram", "FileDownload", "SentMessage"]
 
@@ -140,6 +140,7 @@ class FakeTelegram(FakeServer):
         self._next_update_id = 1
         self._arrived = asyncio.Event()
         self._files: dict[str, tuple[bytes, str]] = {}
+        self._file_options: dict[str, tuple[Delivery, int | None]] = {}
         self._failures: dict[str, list[_Failure]] = {}
         self._next_message_id = 1000
 
@@ -162,10 +163,17 @@ class FakeTelegram(FakeServer):
         """Updates queued and not yet confirmed by a getUpdates offset."""
         return list(self._updates)
 
-    def add_file(self, file_id: str, data: bytes, file_path: str | None = None) -> str:
-        """Register a file for getFile and download; returns its ``file_path``."""
+    def add_file(self, file_id: str, data: bytes, file_path: str | None = None, *,
+                 delivery: Delivery = "whole", file_size: int | None = None) -> str:
+        """Register a file for getFile and download; returns its ``file_path``.
+
+        A hostile Bot API: ``file_path`` may be anything (``/etc/passwd``, ``../x``), getFile
+        answers it as given; ``file_size`` overrides the size getFile reports; ``delivery``
+        serves the download without a declared size or cut short.
+        """
         path = file_path or f"documents/file_{len(self._files)}.bin"
         self._files[file_id] = (data, path)
+        self._file_options[file_id] = (delivery, file_size)
         return path
 
     def fail_next(
@@ -340,12 +348,16 @@ class FakeTelegram(FakeServer):
         data, path = self._files[file_id]
         if len(data) > _MAX_DOWNLOAD:
             raise _BotApiError(400, "Bad Request: file is too big")
-        return {
+        _, size = self._file_options.get(file_id, ("whole", None))
+        answer: dict[str, Any] = {
             "file_id": file_id,
             "file_unique_id": "u" + hashlib.sha1(file_id.encode()).hexdigest()[:15],
-            "file_size": len(data),
+            "file_size": len(data) if size is None else size,
             "file_path": path,
         }
+        if size == -1:
+            del answer["file_size"]  # the field is optional in the Bot API
+        return answer
 
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         if self.webhook_url:
@@ -397,11 +409,13 @@ class FakeTelegram(FakeServer):
             self._updates.clear()
         return True
 
-    async def _download(self, request: web.Request) -> web.Response:
+    async def _download(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["file_path"]
-        found = next((data for data, p in self._files.values() if p == path), None)
-        status = 200 if request.match_info["token"] == self.token and found is not None else 404
+        file_id = next((i for i, (_, p) in self._files.items() if p == path), None)
+        status = 200 if request.match_info["token"] == self.token and file_id is not None else 404
         self.downloads.append(FileDownload(file_path=path, status=status))
-        if status != 200 or found is None:
+        if status != 200 or file_id is None:
             return _error_response(404, "Not Found: file not found")
-        return web.Response(body=found, content_type="application/octet-stream")
+        delivery, _ = self._file_options.get(file_id, ("whole", None))
+        return await serve_body(request, self._files[file_id][0], "application/octet-stream",
+                                delivery)

@@ -29,7 +29,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from gateway.testing.fakes import FakeServer
+from gateway.testing.fakes import Delivery, FakeServer, serve_body
 from gateway.twilio_protocol import Params, compute_twilio_signature, sms_segments
 
 __all__ = ["FakeTwilio", "MediaDownload", "SentSms", "WebhookResult", "signed_webhook"]
@@ -80,6 +80,8 @@ class WebhookResult(msgspec.Struct, frozen=True, kw_only=True):
 class _Media(msgspec.Struct, frozen=True):
     data: bytes
     content_type: str
+    delivery: Delivery = "whole"
+    redirect_to: str | None = None
 
 
 def _sid(prefix: str) -> str:
@@ -133,16 +135,21 @@ class FakeTwilio(FakeServer):
         *,
         message_sid: str | None = None,
         media_sid: str | None = None,
+        delivery: Delivery = "whole",
+        redirect_to: str | None = None,
     ) -> str:
         """Register media of an inbound message; returns its URL (as in ``MediaUrl0``).
 
-        Call it once the fake has started: the URL contains the fake's address.
+        Call it once the fake has started: the URL contains the fake's address. A hostile
+        Twilio: ``redirect_to`` sends the media request there instead of to the fake's CDN (a
+        loopback or metadata address); ``delivery`` serves the CDN body without a declared
+        size or cut short (:data:`~gateway.testing.fakes.Delivery`).
         """
         if not self.url:
             raise RuntimeError("start the fake (async with) before adding media")
         message_sid = message_sid or _sid("MM")
         media_sid = media_sid or _sid("ME")
-        self._media[(message_sid, media_sid)] = _Media(data, content_type)
+        self._media[(message_sid, media_sid)] = _Media(data, content_type, delivery, redirect_to)
         account = f"{self.url}{API}/Accounts/{self.account_sid}"
         return f"{account}/Messages/{message_sid}/Media/{media_sid}"
 
@@ -331,14 +338,15 @@ class FakeTwilio(FakeServer):
             return _twilio_error(401, 20003, "Authenticate")
         if status == 404 or media is None:
             return _twilio_error(404, 20404, f"The requested resource {request.path} was not found")
+        if media.redirect_to is not None:
+            raise web.HTTPTemporaryRedirect(media.redirect_to)
         # Twilio answers with a redirect to a pre-signed CDN URL that needs no credentials.
         key = secrets.token_urlsafe(24)
         self._cdn[key] = media
         raise web.HTTPTemporaryRedirect(f"{self.url}/cdn/{key}")
 
-    async def _cdn_get(self, request: web.Request) -> web.Response:
+    async def _cdn_get(self, request: web.Request) -> web.StreamResponse:
         media = self._cdn.get(request.match_info["key"])
         if media is None:
             return web.Response(status=404, text="NoSuchKey")
-        # headers=, not content_type=: aiohttp refuses a content_type that carries parameters
-        return web.Response(body=media.data, headers={"Content-Type": media.content_type})
+        return await serve_body(request, media.data, media.content_type, media.delivery)
