@@ -7,6 +7,7 @@ import contextlib
 import errno
 import hashlib
 import logging
+import math
 import socket
 import ssl
 import weakref
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
 import msgspec
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from prometheus_client import Counter
 
 from gateway.config import split_listen
@@ -22,6 +23,7 @@ from gateway.contracts import AdapterContext
 from gateway.decision import OutboxAck
 from gateway.errors import ConfigError, RejectedInput, TransientError
 from gateway.intake import now_utc
+from gateway.limits import ConnectionGate, TokenBuckets, peer_key
 from gateway.mail.keep import keep_raw, store_mail_attachments
 from gateway.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
 from gateway.mail.parse import MailLimits, parse_email, to_inbound
@@ -39,6 +41,9 @@ SMTP_MESSAGES = Counter("intake_smtp_messages_total",
                         ["result"])
 SMTP_RECIPIENTS_REFUSED = Counter("intake_smtp_recipients_refused_total",
                                   "RCPT commands refused because the address is not ours")
+SMTP_SENDERS_DEFERRED = Counter("intake_smtp_senders_deferred_total",
+                                "MAIL commands answered 450 because the sender or its client "
+                                "address sent too many messages", ["limit"])
 
 DEFAULT_LISTEN = "127.0.0.1:2525"
 _PARSE_IN_THREAD = 256 * 1024
@@ -67,8 +72,23 @@ class SmtpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Advertised as SIZE; larger mail is refused with 552."""
     max_recipients: int = 50
     """RCPT commands accepted per transaction (452 beyond)."""
-    timeout: float = 300.0
-    """Seconds a session may stay silent before it is closed."""
+    timeout: float = 60.0
+    """Seconds a session may wait between commands before it is closed."""
+    data_timeout: float = 600.0
+    """Seconds the DATA phase may take, from the DATA command to our answer (RFC 5321's
+    10 minutes), so a large mail on a slow link is not cut by ``timeout``."""
+    max_connections: int = 200
+    """Sessions open at once; beyond it new ones get ``421 4.7.0`` and are closed (0: no limit)."""
+    max_connections_per_peer: int = 20
+    """Sessions open at once from one IPv4 address or IPv6 /64 (421 beyond; 0: no limit)."""
+    max_messages_per_sender: int = 30
+    """Mails accepted per envelope sender address per ``rate_window``; beyond it MAIL gets
+    ``450 4.7.1`` and the sending server retries later (0: no limit). Bounces (``<>``) are
+    counted only per client."""
+    max_messages_per_client: int = 120
+    """Mails accepted per client IPv4 address or IPv6 /64 per ``rate_window`` (0: no limit)."""
+    rate_window: float = 600.0
+    """Seconds over which the per-sender and per-client allowances refill."""
     tls_cert_file: str | None = None
     """PEM certificate (chain) for STARTTLS; with ``tls_key_file`` it enables STARTTLS."""
     tls_key_file: str | None = None
@@ -90,12 +110,65 @@ class _IntakeSMTP(SMTP):
 
     line_length_limit = 1024 * 1024
 
+    def __init__(self, *args: object, gate: ConnectionGate, data_timeout: float,
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._gate = gate
+        self._data_timeout = data_timeout
+        self._admitted: str | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called again with the TLS transport after STARTTLS: count the session only once.
+        if self._admitted is None and not self._refused:
+            peer = transport.get_extra_info("peername")
+            host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+            limit, key = self._gate.admit(host)
+            if limit is not None:
+                self._refused = True
+                assert isinstance(transport, asyncio.WriteTransport)
+                whose = "in all" if limit == "total" else "from your address"
+                transport.write(f"421 4.7.0 too many connections {whose}, try again later"
+                                "\r\n".encode())
+                transport.close()
+                return
+            self._admitted = key
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return  # aiosmtpd never started this session
+        if self._admitted is not None:
+            self._gate.release(self._admitted)
+            self._admitted = None
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return None
+        return super().eof_received()
+
+    @syntax("DATA")  # HELP lists only commands that carry their syntax
+    async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd's timer runs from the last command and is not re-armed while the message
+        # streams in or while we store it: give the whole DATA phase its own, longer bound.
+        self._reset_timeout(self._data_timeout)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            if self.transport is not None:
+                self._reset_timeout()
+
 
 class _Hooks:
     """aiosmtpd's name-based ``handle_*`` hooks, wrapped once around typed adapter methods."""
 
     def __init__(self, adapter: SmtpAdapter) -> None:
         self.adapter = adapter
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        return self.adapter.check_sender(session, envelope, address, mail_options)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -154,6 +227,12 @@ class SmtpAdapter:
         self._hooks = _Hooks(self)
         self._server: asyncio.base_events.Server | None = None
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self.gate = ConnectionGate("smtp", total=config.max_connections,
+                                   per_peer=config.max_connections_per_peer)
+        self._per_sender = (TokenBuckets(config.max_messages_per_sender, config.rate_window)
+                            if config.max_messages_per_sender > 0 else None)
+        self._per_client = (TokenBuckets(config.max_messages_per_client, config.rate_window)
+                            if config.max_messages_per_client > 0 else None)
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -204,10 +283,36 @@ class SmtpAdapter:
                        data_size_limit=self.config.max_message_bytes, enable_SMTPUTF8=True,
                        tls_context=self._tls, require_starttls=self.config.require_starttls,
                        timeout=self.config.timeout,
+                       gate=self.gate, data_timeout=self.config.data_timeout,
                        # No AUTH: this is a receiving MX, not a submission server.
                        auth_exclude_mechanism=["LOGIN", "PLAIN"])
         self._sessions.add(session)
         return session
+
+    # -- MAIL ------------------------------------------------------------------------------
+
+    def check_sender(self, session: Session, envelope: Envelope, address: str,
+                     options: list[str]) -> str:
+        """The MAIL answer: 450 4.7.1 once the sender or its client used up its allowance.
+
+        450 is temporary: a real server keeps the mail queued and retries later, so nothing is
+        lost, while one client can no longer open hundreds of tickets in seconds.
+        """
+        peer = session.peer
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+        wait = self._per_client.take(peer_key(host)) if self._per_client is not None else 0.0
+        limit = "client"
+        sender = address.strip().lower()
+        if not wait and sender and self._per_sender is not None:
+            wait, limit = self._per_sender.take(sender), "sender"
+        if wait:
+            SMTP_SENDERS_DEFERRED.labels(limit).inc()
+            whom = "this sender" if limit == "sender" else "your address"
+            return (f"450 4.7.1 too many messages from {whom}, try again in "
+                    f"{max(1, math.ceil(wait))} seconds")
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
 
     # -- RCPT ------------------------------------------------------------------------------
 

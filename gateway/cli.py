@@ -14,6 +14,8 @@ import msgspec
 
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
+from gateway.files import make_private
+from gateway.logs import install_log_guards
 
 DEFAULT_DATA_DIR = "./intake-data"
 
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before any secret is read or any library logs: redaction, quiet libraries, throttling.
+    install_log_guards()
     try:
         config = load_config(args.config)
         if args.command == "serve":
@@ -117,6 +121,7 @@ def _tail(args: argparse.Namespace) -> int:
     offsets.execute("PRAGMA journal_mode = WAL")
     offsets.execute("CREATE TABLE IF NOT EXISTS consumers(name TEXT PRIMARY KEY,"
                     " position INTEGER NOT NULL)")
+    make_private(data_dir / "consumers.sqlite3")  # consumer names and positions: owner-only
     row = offsets.execute("SELECT position FROM consumers WHERE name = ?",
                           (args.consumer,)).fetchone()
     position = 0 if args.from_start or row is None else int(row[0])

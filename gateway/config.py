@@ -18,6 +18,7 @@ import msgspec
 
 from gateway.ack_dispatch import AckPolicy
 from gateway.errors import ConfigError
+from gateway.logs import register_secret
 from gateway.numbering import NumberingConfig
 from gateway.sla import CalendarConfig, TargetsConfig
 from gateway.triage import TriageConfig
@@ -39,6 +40,18 @@ class ServerConfig(_Section):
     """Environment variable holding the bearer token ``GET /v1/events`` requires; required when
     listening off loopback."""
     events_token_file: str | None = None
+    max_connections: int = 1000
+    """Connections open at once on the HTTP listener; beyond it new ones get 503 (0: no limit)."""
+    max_connections_per_peer: int = 64
+    """Connections open at once from one IPv4 address or IPv6 /64 (503 beyond; 0: no limit)."""
+    per_peer_exempt: list[str] = []
+    """Addresses or networks not held to the per-peer limit: the TLS proxy in front, whose
+    connections carry every customer (they still count towards ``max_connections``)."""
+    idle_timeout: float = 15.0
+    """Seconds a connection may take to send a complete request head, counted from its opening
+    and from each response: bounds idle keep-alive connections and slow headers alike."""
+    body_timeout: float = 120.0
+    """Seconds a request body may take to arrive in full after its head (0: no limit)."""
 
 
 class StoreConfig(_Section):
@@ -143,7 +156,14 @@ def resolve_secret(env: str | None, file: str | None, *, key: str) -> str | None
     """Read a secret from the environment variable ``env`` or the file ``file`` (one of them).
 
     Raises ConfigError naming ``key`` when the named variable or file is missing or empty.
+    Every value read is registered with the log redactor, so it never appears in a log line.
     """
+    value = _read_secret(env, file, key=key)
+    register_secret(value)
+    return value
+
+
+def _read_secret(env: str | None, file: str | None, *, key: str) -> str | None:
     if env and file:
         raise ConfigError(f"{key}: give either {key}_env or {key}_file, not both")
     if env:

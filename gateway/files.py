@@ -29,3 +29,23 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)  # the rename is durable only once the directory is synced
     finally:
         os.close(dir_fd)
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if needed and make it accessible to its owner only (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # an existing directory keeps its mode on mkdir; set it every start
+
+
+def make_private(path: str | os.PathLike[str]) -> None:
+    """Make a database file and its journal, WAL and shared-memory files owner-only (0600).
+
+    SQLite creates ``-wal``, ``-shm`` and ``-journal`` files with the database file's mode, so
+    setting it right after the first connection covers the ones created later too.
+    """
+    base = os.fspath(path)
+    for name in (base, base + "-wal", base + "-shm", base + "-journal"):
+        try:
+            os.chmod(name, 0o600)
+        except FileNotFoundError:
+            continue

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
 
 from gateway.errors import RateLimited, RejectedInput, TransientError
+from gateway.limits import ConnectionGate
 from gateway.queues.embedded import frame_events
 
 if TYPE_CHECKING:
@@ -20,6 +23,18 @@ log = logging.getLogger("intake.http")
 RUNTIME = web.AppKey("runtime", object)
 
 LAST_EVENT_SEQ = Gauge("intake_outbox_last_seq", "Sequence of the newest committed event")
+SLOW_BODIES = Counter("intake_http_slow_bodies_total",
+                      "Connections closed because the request body did not arrive in time")
+
+_BUSY_BODY = b'{"error": "too many connections, please retry shortly"}'
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+         b"Retry-After: 5\r\nConnection: close\r\nContent-Length: "
+         + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+_LINGER = 1.0
+"""Seconds a refused connection is kept open to read the client's request, so the client reads
+our 503 instead of a reset (closing with unread input makes the kernel send RST)."""
+_MAX_LINGERING = 256
+"""Beyond this many refused connections lingering at once, new refusals close at once."""
 
 
 def error_response(exc: RejectedInput) -> web.Response:
@@ -46,6 +61,10 @@ async def errors_middleware(request: web.Request, handler):  # type: ignore[no-u
                                  headers={"Retry-After": "5"})
     except web.HTTPException:
         raise
+    except ConnectionError:
+        # The client went away (or was cut off for a slow body): nobody reads the answer,
+        # and a traceback per dropped client would flood the log.
+        return web.Response(status=408)
     except Exception:
         # Never echo internals or customer data; the traceback goes to the operator's log.
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -54,7 +73,8 @@ async def errors_middleware(request: web.Request, handler):  # type: ignore[no-u
 
 def create_app(gw: Gateway) -> web.Application:
     """Build the application with the core routes and every enabled adapter's routes."""
-    app = web.Application(middlewares=[errors_middleware],
+    app = web.Application(middlewares=[body_deadline(gw.config.server.body_timeout),
+                                       errors_middleware],
                           client_max_size=gw.config.server.max_body_bytes)
     app[RUNTIME] = gw
     app.router.add_get("/healthz", healthz)
@@ -64,6 +84,123 @@ def create_app(gw: Gateway) -> web.Application:
     for adapter in gw.adapters:
         app.router.add_routes(list(adapter.routes()))
     return app
+
+
+def body_deadline(timeout: float) -> Any:
+    """Middleware: a request whose body has not fully arrived ``timeout`` s after its head is cut.
+
+    Headers are bounded by aiohttp's keep-alive timer (``server.idle_timeout``), which runs from
+    the connection's start and from each response until a complete request head arrives.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        if timeout <= 0 or not request.body_exists or request.content.is_eof():
+            return await handler(request)
+        cut = asyncio.get_running_loop().call_later(timeout, _cut_slow_body, request)
+        try:
+            return await handler(request)
+        finally:
+            cut.cancel()
+
+    return middleware
+
+
+def _cut_slow_body(request: web.Request) -> None:
+    if not request.content.is_eof() and request.transport is not None:
+        SLOW_BODIES.inc()
+        request.transport.close()
+
+
+class GatedConnection(asyncio.Protocol):
+    """One accepted HTTP connection: admitted by the gate and handed to aiohttp, or answered 503.
+
+    aiohttp's handler sees the transport as if it had accepted it itself; this object stays the
+    transport's protocol only to count the connection and forward the transport's callbacks.
+    """
+
+    lingering = 0
+
+    def __init__(self, make_handler: Callable[[], asyncio.Protocol], gate: ConnectionGate
+                 ) -> None:
+        self._make_handler = make_handler
+        self._gate = gate
+        self._inner: asyncio.Protocol | None = None
+        self._key = ""
+        self._transport: asyncio.Transport | None = None
+        self._linger: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+        limit, self._key = self._gate.admit(host)
+        if limit is None:
+            self._inner = self._make_handler()
+            self._inner.connection_made(transport)
+            return
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(_BUSY)
+        if GatedConnection.lingering >= _MAX_LINGERING:
+            transport.close()
+            return
+        GatedConnection.lingering += 1
+        self._linger = asyncio.get_running_loop().call_later(_LINGER, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+        elif b"\r\n\r\n" in data and self._transport is not None:
+            self._transport.close()  # the request head is read; the 503 is on its way
+
+    def eof_received(self) -> bool | None:
+        if self._inner is not None:
+            return self._inner.eof_received()
+        return None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inner is not None:
+            self._gate.release(self._key)
+            self._inner.connection_lost(exc)
+            self._inner = None
+        elif self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+            GatedConnection.lingering -= 1
+
+
+class GatedSite(web.BaseSite):
+    """A TCP site whose connections pass a :class:`ConnectionGate` before aiohttp sees them."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, gate: ConnectionGate,
+                 reuse_address: bool = True) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._gate = gate
+        self._reuse_address = reuse_address
+
+    @property
+    def name(self) -> str:
+        host = self._host if ":" not in self._host else f"[{self._host}]"
+        return f"http://{host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        gate = self._gate
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: GatedConnection(server, gate), self._host, self._port,
+            backlog=self._backlog, reuse_address=self._reuse_address)
 
 
 async def healthz(request: web.Request) -> web.Response:

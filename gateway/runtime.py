@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,11 @@ from gateway.config import (
 )
 from gateway.contracts import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterContext
 from gateway.errors import ConfigError, TransientError
-from gateway.http import create_app
+from gateway.files import make_private_dir
+from gateway.http import GatedSite, create_app
 from gateway.intake import IntakeService
+from gateway.limits import ConnectionGate, raise_open_file_limit
+from gateway.logs import install_log_guards
 from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
@@ -103,6 +107,10 @@ class Gateway:
         self.waiters = EventWaiters(0)
         self.relay: EventRelay | None = None
         self._runner: web.AppRunner | None = None
+        server = config.server
+        self.http_gate = ConnectionGate("http", total=server.max_connections,
+                                        per_peer=server.max_connections_per_peer,
+                                        exempt=server.per_peer_exempt)
 
     def _refuse_open_listener(self) -> None:
         # Off loopback, every door must be locked: an unauthenticated API or event feed would
@@ -119,7 +127,10 @@ class Gateway:
 
     async def start(self) -> None:
         """Open the store, start adapters and the publisher, then listen."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        install_log_guards()
+        self._check_open_file_limit()
+        # Tickets, contacts and raw mail live here: readable by the service user only.
+        make_private_dir(self.data_dir)
         await self.store.open()
         self.waiters = EventWaiters(self.store.last_seq)
         self.store.on_commit(self.waiters.committed)
@@ -145,11 +156,23 @@ class Gateway:
         if self.senders:
             await self.dispatcher.start()
         app = create_app(self)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=self.config.server.idle_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = GatedSite(self._runner, self.host, self.port, gate=self.http_gate)
         await site.start()
         log.info("listening on %s (data in %s)", self.url, self.data_dir)
+
+    def _check_open_file_limit(self) -> None:
+        soft, _hard = raise_open_file_limit()
+        wanted = self.config.server.max_connections
+        if soft != resource.RLIM_INFINITY and (wanted == 0 or wanted + 256 > soft):
+            # Past the open-file limit accept() fails for every listener, SMTP included, and
+            # the store cannot open files: the connection limit must bite first.
+            log.warning("server.max_connections (%s) leaves too little of the open-file limit "
+                        "(%d) for SMTP, the store and outgoing connections; raise the hard "
+                        "limit (LimitNOFILE=) or lower server.max_connections",
+                        wanted or "unlimited", soft)
 
     @property
     def url(self) -> str:

@@ -18,6 +18,7 @@ import msgspec
 from gateway.decision import OutboxAck, StoredReceipt, SubmissionPlan, TicketRow
 from gateway.errors import TransientError
 from gateway.files import make_private
+from gateway.files import make_private
 from gateway.ids import new_id
 from schemas import ContactView
 
@@ -349,6 +350,7 @@ class SqliteStore:
         """Create the schema if needed and start the writer thread."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
+        make_private(self.path)  # tickets and contacts: owner-only, like the data dir
         make_private(self.path)  # tickets and contacts: owner-only, like the data dir
         try:
             conn.executescript(_SCHEMA)
