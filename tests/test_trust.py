@@ -281,3 +281,16 @@ async def test_a_claim_first_does_not_capture_the_real_owner(
     assert len(set(ids)) == 3, ids
     assert evs[1]["data"]["contact"].get("email") == victim
     assert "phone" not in evs[1]["data"]["contact"]
+
+
+async def test_self_declared_vip_is_ignored_on_a_new_contact(
+        gateway: Gateway, http: aiohttp.ClientSession) -> None:
+    status, _ = await form_post(http, gateway, email="newcomer@example.org",
+                                customer_type="vip", message="I want priority service")
+    assert status == 200
+    status, _ = await api_post(http, gateway, {"contact": {"email": "other@example.org"},
+                                               "customer_type": "existing", "text": "Hi"})
+    assert status == 201
+    contacts = [e["data"]["contact"] for e in tickets(await events(gateway))]
+    assert "customer_type" not in contacts[0]
+    assert contacts[1]["customer_type"] == "existing"  # only VIP is a privilege to claim
