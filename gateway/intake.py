@@ -40,6 +40,11 @@ SUBMIT_SECONDS = Histogram("intake_submit_seconds", "Time from submit to durable
                            buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 
 
+_TEXT_NUMBER_SCAN = 4000
+"""Characters of the text searched for a ticket number (quoted history comes further down)."""
+_MAX_NAMED = 5
+
+
 class RunsDecision(Protocol):
     """The part of a store the intake needs: run the decision in one durable transaction."""
 
@@ -140,6 +145,11 @@ class IntakeService:
         for found in self.numbering.find_in(m.subject):
             if found not in named:
                 named.append(found)
+        if not named:
+            # Chat, SMS and API messages have no subject: a customer quotes the number in the
+            # text. Only when nothing else names one, so a mail's subject tag still wins over
+            # numbers quoted further down, and only the start, where people write it.
+            named = self.numbering.find_in(m.text[:_TEXT_NUMBER_SCAN])[:_MAX_NAMED]
         outbox: list[OutboxAck] = []
         if not m.auto_submitted:
             if ack_via is not None:

@@ -41,6 +41,7 @@ __all__ = [
     "test_same_content_again_is_a_duplicate",
     "test_ticket_number_from_a_stranger_opens_a_new_ticket",
     "test_ticket_number_from_its_contact_is_a_followup",
+    "test_ticket_number_in_the_text_from_its_contact_is_a_followup",
 ]
 
 
@@ -143,6 +144,29 @@ async def test_ticket_number_from_its_contact_is_a_followup(driver: ChannelDrive
     assert more.ticket_number == first.ticket_number
     events = await _events(contract_gateway)
     assert [e["type"] for e in events] == ["ticket.created", "ticket.message_added"]
+
+
+async def test_ticket_number_in_the_text_from_its_contact_is_a_followup(
+        driver: ChannelDriver, contract_gateway: Gateway) -> None:
+    # SMS, chat and API messages have no subject: the customer quotes the number in the text.
+    customer = Customer(key=_id())
+    async with aiohttp.ClientSession() as s:
+        first = await driver.send(s, contract_gateway.url, customer=customer,
+                                  text="The heating in flat 12 is off.", delivery_id=_id())
+        assert first.ticket_number
+        more = await driver.send(s, contract_gateway.url, customer=customer,
+                                 text=f"Regarding {first.ticket_number}: still no heating.",
+                                 delivery_id=_id())
+        stranger = await driver.send(s, contract_gateway.url, customer=Customer(key=_id()),
+                                     text=f"{first.ticket_number} please close it",
+                                     delivery_id=_id())
+    assert more.ticket_number == first.ticket_number
+    assert stranger.ticket_number and stranger.ticket_number != first.ticket_number
+    events = await _events(contract_gateway)
+    assert [e["type"] for e in events] == ["ticket.created", "ticket.message_added",
+                                           "ticket.created"]
+    data = events[2]["data"]
+    assert isinstance(data, dict) and data["hinted_tickets"] == [first.ticket_number]
 
 
 async def test_ticket_number_from_a_stranger_opens_a_new_ticket(
