@@ -49,3 +49,30 @@ def make_private(path: str | os.PathLike[str]) -> None:
             os.chmod(name, 0o600)
         except FileNotFoundError:
             continue
+
+
+def make_private_tree(root: Path, *, skip: tuple[Path, ...] = ()) -> None:
+    """Take group and other permissions off every directory and file under ``root``.
+
+    The net under the rule that each component creates its files owner-only: state kept by
+    plug-ins (SQLite files, JSON) is covered whoever wrote it. Directories in ``skip`` (the
+    attachment store, large and written 0600 file by file) are made private but not walked.
+    """
+    skipped = {p.resolve() for p in skip}
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        _drop_group_other(here, 0o700)
+        for name in files:
+            _drop_group_other(here / name, 0o600)
+        for name in list(dirs):
+            if (here / name).resolve() in skipped:
+                _drop_group_other(here / name, 0o700)
+                dirs.remove(name)
+
+
+def _drop_group_other(path: Path, mode: int) -> None:
+    try:
+        if os.lstat(path).st_mode & 0o077 and not path.is_symlink():
+            os.chmod(path, mode)
+    except FileNotFoundError:
+        pass  # removed meanwhile (a temporary file)

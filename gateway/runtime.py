@@ -22,7 +22,7 @@ from gateway.config import (
 )
 from gateway.contracts import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterContext
 from gateway.errors import ConfigError, TransientError
-from gateway.files import make_private_dir
+from gateway.files import make_private_dir, make_private_tree
 from gateway.http import GatedSite, create_app
 from gateway.intake import IntakeService
 from gateway.limits import ConnectionGate, raise_open_file_limit
@@ -39,6 +39,8 @@ class Gateway:
     """One gateway process. ``await start()``, serve, ``await stop()``."""
 
     def __init__(self, config: Config, data_dir: str | Path, *, listen: str | None = None) -> None:
+        # Before any adapter is built: clients log their URLs (a bot token's) when constructed.
+        install_log_guards()
         self.config = config
         self.data_dir = Path(data_dir).resolve()
         self.listen = listen or config.server.listen
@@ -127,7 +129,6 @@ class Gateway:
 
     async def start(self) -> None:
         """Open the store, start adapters and the publisher, then listen."""
-        install_log_guards()
         self._check_open_file_limit()
         # Tickets, contacts and raw mail live here: readable by the service user only.
         make_private_dir(self.data_dir)
@@ -153,6 +154,9 @@ class Gateway:
             await self.publisher.start()
         for adapter in self.adapters:
             await adapter.start()
+        # Adapters keep state of their own under the data dir (Twilio's opt-outs, IMAP
+        # positions): whatever mode they created it with, it is the service user's alone.
+        make_private_tree(self.data_dir, skip=(self.attachments.root,))
         if self.senders:
             await self.dispatcher.start()
         app = create_app(self)
