@@ -157,7 +157,7 @@ async def _replay(config: Config, args: argparse.Namespace) -> int:
     from gateway.contracts import PUBLISHER_GROUP
     from gateway.errors import IntakeError
     from gateway.registry import load_plugin
-    from gateway.relay import read_dead_letters
+    from gateway.relay import read_dead_letters, replay_dead_letters
 
     db = sqlite3.connect(Path(args.data_dir) / "intake.sqlite3", isolation_level=None)
     db.execute("PRAGMA busy_timeout = 10000")
@@ -170,22 +170,19 @@ async def _replay(config: Config, args: argparse.Namespace) -> int:
         return 0
     cls = load_plugin(PUBLISHER_GROUP, backend)
     publisher = cls(convert_section(config.queue.settings, cls.Config, where="queue.settings"))
-    await publisher.start()
-    done = 0
     try:
-        for event, _attempts, _error in letters:
-            try:
-                await publisher.publish([event])
-            except IntakeError as exc:
-                print(f"seq {event.seq}: still refused: {exc}", file=sys.stderr)
-                continue
-            db.execute("DELETE FROM dead_letters WHERE publisher = ? AND seq = ?",
-                       (backend, event.seq))
-            done += 1
+        await publisher.start()
+        # In sequence order; a ticket's held events only after its first (gateway/relay.py).
+        done, left = await replay_dead_letters(
+            db, publisher, backend, max_event_bytes=config.queue.max_event_bytes,
+            report=lambda line: print(line, file=sys.stderr))
+    except IntakeError as exc:
+        print(f"intake-gateway: replay stopped: {exc}", file=sys.stderr)
+        return 1
     finally:
         await publisher.close()
-    print(f"re-published {done} of {len(letters)} event(s) to {backend}", file=sys.stderr)
-    return 0 if done == len(letters) else 1
+    print(f"re-published {done} event(s) to {backend}; {left} left", file=sys.stderr)
+    return 0 if left == 0 else 1
 
 
 if __name__ == "__main__":

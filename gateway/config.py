@@ -96,8 +96,15 @@ class QueueConfig(_Section):
     settings: dict[str, Any] = {}
     """The publisher's own options, converted into its ``Config`` (unknown keys rejected)."""
     batch_size: int = 256
-    max_attempts: int = 20
-    """Attempts before an event goes to the dead-letter table."""
+    max_attempts: int = 5
+    """Refusals of one event (not outages), each after its own backoff, before it goes to the
+    dead-letter table; its ticket's later events are then held behind it."""
+    max_backoff: float = 5.0
+    """Longest wait in seconds between retries while the broker is away (and between refusals
+    of one event), so delivery resumes within about this long of the broker's return."""
+    max_event_bytes: int = 524_288
+    """Largest event handed to the broker (NATS's default max_payload is 1 MiB); a larger one is
+    dead-lettered unsent, "too large for the broker". 0: no cap."""
 
 
 class Config(_Section):

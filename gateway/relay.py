@@ -6,11 +6,24 @@ only then does the relay move its position (in the store, durably). A crash in b
 the batch; the event ids make the re-send harmless. Publishing a batch in sequence order keeps
 order per ticket, while one batch carries many tickets at once.
 
-Failures: a :class:`TransientError` (broker down, timeout) is retried with capped exponential
-backoff for as long as it lasts, so an hour's outage only delays delivery. A
-:class:`PermanentError` (the broker refuses the event itself) counts an attempt against the batch's
-first event; after ``max_attempts`` that event goes to the dead-letter table and the relay moves
-on. ``intake-gateway replay`` re-publishes dead letters.
+Failures:
+
+- A :class:`TransientError` (broker down, timeout, a receiver answering 401 or 503) is retried
+  with capped exponential backoff (``queue.max_backoff``, a few seconds, so delivery resumes
+  soon after the broker returns) or the ``Retry-After`` the other side gave, for as long as it
+  lasts: an hour's outage only delays delivery and dead-letters nothing.
+- A :class:`PermanentError` (the broker or receiver refuses the event itself) is counted against
+  that event alone; the event is retried alone, with its own backoff, and after
+  ``queue.max_attempts`` refusals it goes to the dead-letter table.
+- An event larger than ``queue.max_event_bytes`` is never handed to the broker: it is
+  dead-lettered at once, "too large for the broker".
+
+Order per ticket survives a dead letter: once an event of a ticket (its ``subject``) is
+dead-lettered, the ticket's later events are not published but *held* in the dead-letter table
+behind it (``attempts`` 0, ``last_error`` "held behind seq N"), while other tickets keep
+flowing. ``intake-gateway replay`` (:func:`replay_dead_letters`) re-publishes them in sequence
+order, a ticket's held events only after its first; once a ticket has no dead letter left, its
+new events flow again.
 """
 
 from __future__ import annotations
@@ -21,11 +34,13 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
 from gateway.contracts import OutboundEvent, Publisher
-from gateway.errors import PermanentError, TransientError
+from gateway.errors import IntakeError, PermanentError, TransientError
 from gateway.store.sqlite import SqliteStore, SqliteTx
 
 log = logging.getLogger("intake.relay")
@@ -33,8 +48,33 @@ log = logging.getLogger("intake.relay")
 RELAY_LAG = Gauge("intake_relay_lag_events", "Events committed but not yet confirmed by the broker")
 RELAY_PUBLISHED = Counter("intake_relay_published_total", "Events confirmed by the broker")
 RELAY_FAILURES = Counter("intake_relay_failures_total", "Failed publish attempts", ["kind"])
-RELAY_DEAD = Counter("intake_relay_dead_lettered_total", "Events moved to the dead-letter table")
+RELAY_DEAD = Counter("intake_relay_dead_lettered_total",
+                     "Events moved to the dead-letter table (held ones included)")
 
+HELD_PREFIX = "held behind seq "
+"""``last_error`` of an event held behind its ticket's dead letter: ``held behind seq N``."""
+TOO_LARGE = "too large for the broker"
+MAX_RETRY_AFTER = 300.0
+"""Longest ``Retry-After`` honoured, in seconds: a receiver asking for a day is asked again."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with equal jitter: ``attempt`` n waits in [d/2, d], with
+    ``d = min(cap, base * 2**(n-1))``.
+
+    The lower half bounds how often one event is tried (a refusing receiver sees a handful of
+    requests, never a storm); the random half spreads a fleet of gateways hitting one
+    recovering broker.
+    """
+
+    base: float = 0.1
+    cap: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before try ``attempt + 1`` (``attempt`` >= 1 failures so far)."""
+        ceiling = min(self.cap, self.base * 2 ** min(max(attempt, 1) - 1, 30))
+        return random.uniform(ceiling / 2, ceiling)
 
 
 def read_outbound(conn: sqlite3.Connection, after: int, limit: int) -> list[OutboundEvent]:
@@ -56,29 +96,76 @@ def read_dead_letters(conn: sqlite3.Connection,
                            body=bytes(r[5])), int(r[6]), str(r[7])) for r in rows]
 
 
+def held_tickets(conn: sqlite3.Connection, publisher: str,
+                 subjects: Sequence[str] | None = None) -> dict[str, int]:
+    """Tickets (subjects) with a dead letter for ``publisher``: subject -> its first dead seq."""
+    sql = ("SELECT e.subject, min(d.seq) FROM dead_letters d JOIN events e ON e.seq = d.seq"
+           " WHERE d.publisher = ?")
+    args: list[object] = [publisher]
+    if subjects is not None:
+        if not subjects:
+            return {}
+        sql += f" AND e.subject IN ({','.join('?' * len(subjects))})"
+        args.extend(subjects)
+    return {str(s): int(q) for s, q in conn.execute(sql + " GROUP BY e.subject", args)}
+
+
+def _insert_dead_letter(conn: sqlite3.Connection, seq: int, publisher: str, attempts: int,
+                        error: str) -> int:
+    """Record a dead letter; 1 if it is new, 0 if the event was already there."""
+    # OR IGNORE: a batch re-read after a crash or a failed publish holds the same events again.
+    return conn.execute("INSERT OR IGNORE INTO dead_letters(seq, publisher, attempts, last_error,"
+                 " failed_at) VALUES (?, ?, ?, ?, ?)",
+                 (seq, publisher, attempts, error[:500], time.time_ns() // 1000)).rowcount
+
+
+def _save_position(conn: sqlite3.Connection, name: str, seq: int) -> None:
+    conn.execute("INSERT INTO relay_positions(name, position) VALUES (?, ?)"
+                 " ON CONFLICT(name) DO UPDATE SET position = excluded.position", (name, seq))
+
+
+def too_large(event: OutboundEvent, max_event_bytes: int) -> str | None:
+    """The dead-letter reason when ``event`` exceeds the cap (0: no cap), else None."""
+    if max_event_bytes and len(event.body) > max_event_bytes:
+        return (f"{TOO_LARGE}: {len(event.body)} bytes, over queue.max_event_bytes "
+                f"({max_event_bytes})")
+    return None
+
+
 class EventRelay:
     """Drains the outbox into one publisher; see the module docstring."""
 
     def __init__(self, store: SqliteStore, publisher: Publisher, *, name: str, batch_size: int,
-                 max_attempts: int, max_backoff: float = 30.0) -> None:
+                 max_attempts: int, max_backoff: float = 5.0,
+                 max_event_bytes: int = 0) -> None:
         self.store = store
         self.publisher = publisher
         self.name = name
         self.batch_size = batch_size
-        self.max_attempts = max_attempts
-        self.max_backoff = max_backoff
+        self.max_attempts = max(1, max_attempts)
+        self.backoff = Backoff(cap=max_backoff)
+        self.max_event_bytes = max_event_bytes
         self.position = 0
+        self.failures = 0
+        """Publishes failed in a row because the broker was away (0 once it confirms again)."""
+        self.refusals: dict[int, int] = {}
+        """Permanent refusals so far, per event seq: each event's own count, not the loop's."""
+        self.held: dict[str, int] = {}
+        """Tickets held behind a dead letter: subject -> seq of its first dead letter."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, *, connected: bool) -> None:
-        """Load the position and start draining (connecting first unless ``connected``)."""
+        """Load the position and held tickets, start draining (connecting first unless
+        ``connected``)."""
         self._connected = connected
-        def load(tx: SqliteTx) -> int:
+        name = self.name
+
+        def load(tx: SqliteTx) -> tuple[int, dict[str, int]]:
             row = tx.conn.execute("SELECT position FROM relay_positions WHERE name = ?",
-                                  (self.name,)).fetchone()
-            return int(row[0]) if row else 0
-        self.position = await self.store.run(load)
+                                  (name,)).fetchone()
+            return (int(row[0]) if row else 0), held_tickets(tx.conn, name)
+        self.position, self.held = await self.store.run(load)
         self.store.on_commit(lambda _seq: self._wake.set())
         self._task = asyncio.create_task(self._run(), name=f"relay-{self.name}")
 
@@ -99,7 +186,7 @@ class EventRelay:
             except TransientError as exc:
                 attempt += 1
                 RELAY_FAILURES.labels("connect").inc()
-                delay = self._backoff(attempt)
+                delay = self.backoff.delay(attempt)
                 log.warning("relay %s: cannot connect (%s); retrying in %.1fs", self.name,
                             type(exc).__name__, delay)
                 await asyncio.sleep(delay)
@@ -107,8 +194,6 @@ class EventRelay:
     async def _run(self) -> None:
         if not self._connected:
             await self._connect()
-        failures = 0
-        head_attempts = 0
         while True:
             batch = await self.store.read(
                 lambda c: read_outbound(c, self.position, self.batch_size))
@@ -120,48 +205,109 @@ class EventRelay:
                     continue
                 await self._wake.wait()
                 continue
+            sendable = await self._screen(batch)
+            if not sendable:
+                await self._advance(batch[-1].seq, 0)
+                continue
+            head, end = sendable[0], batch[-1].seq
+            if head.seq in self.refusals:
+                # A known refusal goes alone, after its own backoff, so that it cannot take the
+                # events behind it down with it and its count stays its own.
+                await asyncio.sleep(self.backoff.delay(self.refusals[head.seq]))
+                sendable, end = [head], head.seq
             try:
-                await self.publisher.publish(batch)
+                await self.publisher.publish(sendable)
             except TransientError as exc:
                 RELAY_FAILURES.labels("transient").inc()
-                failures += 1
-                delay = getattr(exc, "retry_after", None) or self._backoff(failures)
+                self.failures += 1
+                retry_after = getattr(exc, "retry_after", None)
+                delay = (min(float(retry_after), MAX_RETRY_AFTER) if retry_after
+                         else self.backoff.delay(self.failures))
                 log.warning("relay %s: broker unavailable (%s); retrying in %.1fs", self.name,
                             type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 continue
             except PermanentError as exc:
                 RELAY_FAILURES.labels("permanent").inc()
-                head_attempts += 1
-                if head_attempts >= self.max_attempts:
-                    await self._dead_letter(batch[0], head_attempts, str(exc))
-                    head_attempts = 0
-                    continue
-                if len(batch) > 1:
-                    # Find the refused event: publish the head alone before the rest.
-                    await self._publish_one_by_one(batch)
+                if len(sendable) > 1:
+                    await self._publish_one_by_one(sendable)
                 else:
-                    await asyncio.sleep(self._backoff(head_attempts))
+                    await self._refused(head, exc)
                 continue
-            failures = head_attempts = 0
-            await self._advance(batch[-1].seq, len(batch))
+            self.failures = 0
+            self.refusals.pop(head.seq, None)
+            # The batch's held and dead events were recorded by _screen: move past them too.
+            await self._advance(end, len(sendable))
 
-    async def _publish_one_by_one(self, batch: list[OutboundEvent]) -> None:
-        for event in batch:
+    async def _screen(self, batch: list[OutboundEvent]) -> list[OutboundEvent]:
+        """The events of ``batch`` to publish; the rest is recorded as dead or held, in order.
+
+        A ticket is held while the dead-letter table has an event of it; the table is checked
+        (in the writer's transaction) for every ticket we believe held, because a replay run
+        meanwhile may have emptied it.
+        """
+        suspect = sorted({e.subject for e in batch if e.subject in self.held})
+        if not suspect and not any(too_large(e, self.max_event_bytes) for e in batch):
+            return batch
+        name, cap = self.name, self.max_event_bytes
+
+        def record(tx: SqliteTx) -> tuple[dict[str, int], list[OutboundEvent], list[int], int]:
+            held = held_tickets(tx.conn, name, suspect)
+            sendable: list[OutboundEvent] = []
+            dead: list[int] = []
+            new_rows = 0
+            for event in batch:
+                if event.subject in held:
+                    new_rows += _insert_dead_letter(tx.conn, event.seq, name, 0,
+                                                    f"{HELD_PREFIX}{held[event.subject]}")
+                elif reason := too_large(event, cap):
+                    if _insert_dead_letter(tx.conn, event.seq, name, 0, reason):
+                        dead.append(event.seq)
+                    held[event.subject] = event.seq
+                else:
+                    sendable.append(event)
+            return held, sendable, dead, new_rows
+        held, sendable, dead, new_held = await self.store.run(record)
+        for subject in suspect:
+            if subject not in held:
+                log.info("relay %s: ticket %s has no dead letter left; its events flow again",
+                         self.name, subject)
+        for subject in suspect:
+            self.held.pop(subject, None)
+        self.held.update(held)
+        for seq in dead:
+            log.error("relay %s: event seq %d dead-lettered, never sent: %s (its ticket's later"
+                      " events are held behind it)", self.name, seq, TOO_LARGE)
+        RELAY_DEAD.inc(len(dead) + new_held)
+        return sendable
+
+    async def _publish_one_by_one(self, events: list[OutboundEvent]) -> None:
+        """Find the refused event of a batch: publish in order until one fails."""
+        for event in events:
             try:
                 await self.publisher.publish([event])
-            except (TransientError, PermanentError):
-                return  # the main loop retries from here and counts the attempts
+            except TransientError:
+                return  # the main loop retries from here and backs off
+            except PermanentError as exc:
+                await self._refused(event, exc)
+                return
+            self.refusals.pop(event.seq, None)
             await self._advance(event.seq, 1)
+
+    async def _refused(self, event: OutboundEvent, exc: PermanentError) -> None:
+        """Count one refusal against ``event``; dead-letter it once it has had its attempts."""
+        count = self.refusals.get(event.seq, 0) + 1
+        if count < self.max_attempts:
+            self.refusals[event.seq] = count
+            log.warning("relay %s: event seq %d refused (%d of %d): %s", self.name, event.seq,
+                        count, self.max_attempts, exc)
+            return
+        self.refusals.pop(event.seq, None)
+        await self._dead_letter(event, count, str(exc))
 
     async def _advance(self, seq: int, count: int) -> None:
         name = self.name
-
-        def save(tx: SqliteTx) -> None:
-            tx.conn.execute("INSERT INTO relay_positions(name, position) VALUES (?, ?)"
-                            " ON CONFLICT(name) DO UPDATE SET position = excluded.position",
-                            (name, seq))
-        await self.store.run(save)
+        await self.store.run(lambda tx: _save_position(tx.conn, name, seq))
         self.position = seq
         RELAY_PUBLISHED.inc(count)
 
@@ -169,19 +315,48 @@ class EventRelay:
         name = self.name
 
         def save(tx: SqliteTx) -> None:
-            tx.conn.execute(
-                "INSERT OR REPLACE INTO dead_letters(seq, publisher, attempts, last_error,"
-                " failed_at) VALUES (?, ?, ?, ?, ?)",
-                (event.seq, name, attempts, error[:500], time.time_ns() // 1000))
-            tx.conn.execute("INSERT INTO relay_positions(name, position) VALUES (?, ?)"
-                            " ON CONFLICT(name) DO UPDATE SET position = excluded.position",
-                            (name, event.seq))
+            _insert_dead_letter(tx.conn, event.seq, name, attempts, error)
+            _save_position(tx.conn, name, event.seq)
         await self.store.run(save)
         self.position = event.seq
+        self.held.setdefault(event.subject, event.seq)
         RELAY_DEAD.inc()
-        log.error("relay %s: event seq %d dead-lettered after %d attempts", name, event.seq,
-                  attempts)
+        log.error("relay %s: event seq %d dead-lettered after %d attempts; later events of "
+                  "ticket %s are held behind it", name, event.seq, attempts, event.subject)
 
-    def _backoff(self, n: int) -> float:
-        # Full jitter: spreads the retries of many gateways hitting one recovering broker.
-        return random.uniform(0, min(self.max_backoff, 0.1 * 2 ** min(n, 16)))
+
+async def replay_dead_letters(conn: sqlite3.Connection, publisher: Publisher, backend: str, *,
+                              max_event_bytes: int = 0,
+                              report: Callable[[str], None] = print) -> tuple[int, int]:
+    """Re-publish ``backend``'s dead letters in sequence order; (re-published, left).
+
+    A ticket's held events go only after its first dead letter went, so a ticket whose first
+    is still refused (or still too large) keeps the rest held, in order, for the next replay.
+    Each event is removed from the table once the broker confirmed it. Events held by a running
+    relay while this ran are picked up by a further pass.
+    """
+    done = 0
+    seen: set[int] = set()
+    while True:
+        letters = [(e, a, r) for e, a, r in read_dead_letters(conn, backend) if e.seq not in seen]
+        if not letters:
+            break
+        blocked: set[str] = set()
+        for event, _attempts, _error in letters:
+            seen.add(event.seq)
+            if event.subject in blocked:
+                continue
+            reason = too_large(event, max_event_bytes)
+            try:
+                if reason:
+                    raise PermanentError(reason)
+                await publisher.publish([event])
+            except IntakeError as exc:
+                report(f"seq {event.seq}: still refused: {exc}")
+                blocked.add(event.subject)
+                continue
+            conn.execute("DELETE FROM dead_letters WHERE publisher = ? AND seq = ?",
+                         (backend, event.seq))
+            done += 1
+    left = len(read_dead_letters(conn, backend))
+    return done, left

@@ -148,7 +148,9 @@ class Gateway:
                 connected = False
             self.relay = EventRelay(self.store, self.publisher, name=self.config.queue.backend,
                                     batch_size=self.config.queue.batch_size,
-                                    max_attempts=self.config.queue.max_attempts)
+                                    max_attempts=self.config.queue.max_attempts,
+                                    max_backoff=self.config.queue.max_backoff,
+                                    max_event_bytes=self.config.queue.max_event_bytes)
             await self.relay.start(connected=connected)
         else:
             await self.publisher.start()

@@ -457,14 +457,32 @@ async def test_webhook_receiver_down_then_back_on_the_same_port() -> None:
         await publisher.close()
 
 
-async def test_webhook_client_errors_are_permanent() -> None:
+@pytest.mark.parametrize("status", [400, 413, 414, 415, 422])
+async def test_webhook_payload_refusals_are_permanent(status: int) -> None:
     async with WebhookHarness() as harness:
         publisher = webhook_publisher(harness)
         await publisher.start()
-        harness.receiver.fail_next(1, status=400)
+        harness.receiver.fail_next(1, status=status)
         with pytest.raises(PermanentError):
             await asyncio.wait_for(publisher.publish(make_events(1)), DOWN_BOUND)
-        assert harness.receiver.requests == 1, "a 4xx must not be retried"
+        assert harness.receiver.requests == 1, "a refused payload is not retried inside publish"
+        await publisher.close()
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 409, 410, 425, 301])
+async def test_webhook_receiver_that_may_recover_is_transient_at_once(status: int) -> None:
+    async with WebhookHarness() as harness:
+        publisher = webhook_publisher(harness)
+        await publisher.start()
+        harness.receiver.fail_next(1, status=status, retry_after=7)
+        with pytest.raises(WebhookUnavailable) as failure:
+            await asyncio.wait_for(publisher.publish(make_events(1)), DOWN_BOUND)
+        assert failure.value.retry_after == 7, "Retry-After is handed to the relay"
+        # No burst of quick tries: the relay's capped backoff paces the next one.
+        assert harness.receiver.requests == 1
+        events = make_events(2)
+        await publisher.publish(events)  # recovered: delivered as usual
+        assert_complete_in_order(await received_all(harness, events), events)
         await publisher.close()
 
 
@@ -475,7 +493,8 @@ async def test_webhook_wrong_secret_is_refused_by_the_receiver(tmp_path: Path) -
         publisher = WebhookPublisher(WebhookConfig(url=harness.receiver.url(),
                                                    secret_file=str(wrong)))
         await publisher.start()
-        with pytest.raises(PermanentError):
+        # 401: the receiver may be given the new secret any minute; the relay retries later.
+        with pytest.raises(WebhookUnavailable):
             await asyncio.wait_for(publisher.publish(make_events(1)), DOWN_BOUND)
         assert harness.receiver.rejected == 1 and harness.receiver.deliveries == []
         await publisher.close()

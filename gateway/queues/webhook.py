@@ -7,9 +7,13 @@ delivery id, identical on every retry), ``Webhook-Timestamp`` (unix seconds) and
 other secret is used as its UTF-8 bytes. High-priority events are also POSTed to
 ``escalation_url`` when one is set, with ``Webhook-Id: <event id>:escalation``.
 
-2xx means delivered. 408, 429, 5xx, timeouts and connection errors are retried a few times with
-exponential backoff and full jitter (a ``Retry-After`` replaces the backoff), then raised as
-:class:`WebhookUnavailable`; any other status is a :class:`~gateway.errors.PermanentError`.
+2xx means delivered. Only an answer saying the receiver can never take this payload
+(:data:`PAYLOAD_REFUSED`: 400, 413, 414, 415, 422) is a :class:`~gateway.errors.PermanentError`.
+Every other answer is a receiver that may recover and is raised as :class:`WebhookUnavailable`
+(transient), so the relay backs off and tries again, honouring ``Retry-After``: 408, 429, 5xx,
+timeouts and connection errors after a few quick tries inside one publish (they are often
+momentary); 401, 403, 404, 409, 425, redirects and the like at once (a rotated secret or a
+redeployed route is not fixed in milliseconds: the relay's backoff is the right pace).
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ log = logging.getLogger(__name__)
 
 ESCALATION_PRIORITY = "high"
 CONTENT_TYPE = "application/cloudevents+json"
+PAYLOAD_REFUSED = frozenset({400, 413, 414, 415, 422})
+"""Statuses saying this payload will never be taken: permanent (the event is dead-lettered)."""
+QUICK_RETRY = frozenset({408, 429})
+"""4xx statuses retried inside one publish, like 5xx, before the relay's backoff takes over."""
 
 
 class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -129,11 +137,13 @@ class WebhookPublisher:
             else:
                 if 200 <= status < 300:
                     return
-                if status not in (408, 429) and status < 500:
-                    raise PermanentError(f"webhook: {URL(url).host} answered {status}")
+                if status in PAYLOAD_REFUSED:
+                    raise PermanentError(f"webhook: {URL(url).host} refused the event: {status}")
                 failure = WebhookUnavailable(
                     f"webhook: {URL(url).host} answered {status}", retry_after=retry_after
                 )
+                if status < 500 and status not in QUICK_RETRY:
+                    raise failure  # the relay's backoff, not a burst of quick tries
             wait = failure.retry_after
             if attempt == config.attempts or (wait is not None and wait > config.max_retry_after):
                 raise failure from cause

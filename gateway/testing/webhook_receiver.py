@@ -10,7 +10,10 @@ It is an aiohttp application on a free loopback port, so the real :class:`Webhoo
 
 Every path is accepted; :meth:`url` gives ``/events`` by default and ``/escalations`` is the
 conventional second route. Faults are scripted for the next N requests: :meth:`fail_next` (500,
-or 429 with ``Retry-After``) and :meth:`hang_next` (never answers until the receiver stops).
+or 429 with ``Retry-After``) and :meth:`hang_next` (never answers until the receiver stops); for
+a stretch of time: :meth:`fail_for` (every request answered e.g. 401 for 3 s); or for chosen
+events until cleared: :meth:`refuse_where` (e.g. 422 for one event, a payload it never takes).
+:attr:`requests_by_id` counts every request per ``Webhook-Id``, faults included.
 A request whose signature does not verify is answered 401 and not recorded. The signature is
 checked here independently of the publisher's code, as any receiver would check it.
 """
@@ -24,8 +27,8 @@ import contextlib
 import hashlib
 import hmac
 import time
-from collections import deque
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Literal, Self
 
@@ -74,7 +77,11 @@ class WebhookReceiver:
         """Every request seen, faults and rejected signatures included."""
         self.rejected = 0
         """Requests refused for a missing, stale or wrong signature."""
+        self.requests_by_id: Counter[str] = Counter()
+        """Every request per ``Webhook-Id`` header, faults and refusals included."""
         self._faults: deque[_Fault] = deque()
+        self._window: tuple[float, _Fault] | None = None
+        self._refusals: list[tuple[Callable[[str, bytes], bool], _Fault]] = []
         self._released = asyncio.Event()
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -120,9 +127,27 @@ class WebhookReceiver:
         """Never answer the next ``count`` requests (until :meth:`stop`)."""
         self._faults.extend(_Fault("hang") for _ in range(count))
 
+    def fail_for(self, seconds: float, *, status: int = 401,
+                 retry_after: float | None = None) -> None:
+        """Answer every request with ``status`` for the next ``seconds`` (an outage window)."""
+        header = None if retry_after is None else str(round(retry_after))
+        self._window = (time.monotonic() + seconds, _Fault("status", status, header))
+
+    @property
+    def failing(self) -> bool:
+        """True while a :meth:`fail_for` window is open."""
+        return self._window is not None and time.monotonic() < self._window[0]
+
+    def refuse_where(self, match: Callable[[str, bytes], bool], *, status: int = 422) -> None:
+        """Answer ``status`` to every request for which ``match(webhook_id, body)`` holds, until
+        :meth:`clear_faults` (a receiver that can never take those payloads)."""
+        self._refusals.append((match, _Fault("status", status)))
+
     def clear_faults(self) -> None:
         """Answer normally from the next request on."""
         self._faults.clear()
+        self._window = None
+        self._refusals.clear()
 
     async def wait_for(self, count: int, *, timeout: float) -> list[WebhookDelivery]:
         """Wait until at least ``count`` deliveries were accepted (or ``timeout``); all of them."""
@@ -136,14 +161,15 @@ class WebhookReceiver:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         body = await request.read()
-        if self._faults:
-            fault = self._faults.popleft()
+        webhook_id = request.headers.get("Webhook-Id", "")
+        self.requests_by_id[webhook_id] += 1
+        fault = self._fault_for(webhook_id, body)
+        if fault is not None:
             if fault.action == "hang":
                 await self._released.wait()
                 return web.Response(status=503)
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             return web.Response(status=fault.status, headers=headers)
-        webhook_id = request.headers.get("Webhook-Id", "")
         timestamp = request.headers.get("Webhook-Timestamp", "")
         if not self._verified(webhook_id, timestamp, body, request.headers):
             self.rejected += 1
@@ -160,6 +186,20 @@ class WebhookReceiver:
             )
             self._arrived.notify_all()
         return web.Response(status=204)
+
+    def _fault_for(self, webhook_id: str, body: bytes) -> _Fault | None:
+        """The scripted answer for this request, if any: next-N faults first, then the window,
+        then per-event refusals."""
+        if self._faults:
+            return self._faults.popleft()
+        if self._window is not None:
+            if time.monotonic() < self._window[0]:
+                return self._window[1]
+            self._window = None
+        for match, fault in self._refusals:
+            if match(webhook_id, body):
+                return fault
+        return None
 
     def _verified(
         self, webhook_id: str, timestamp: str, body: bytes, headers: Mapping[str, str]
