@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from gateway.language import chinese_script, is_language_tag, message_language
 from gateway.sla import BusinessCalendar, format_due
 from schemas import Acknowledgement, Outcome
 
@@ -56,17 +57,35 @@ _TEXTS: dict[str, dict[str, str]] = {
 }
 
 
-def pick_locale(requested: str | None, default: str) -> str:
-    """Map a BCP 47 tag (or an Accept-Language value's first tag) to a supported locale."""
-    for tag in (requested, default):
-        if not tag:
+def pick_locale(language: str | None, default: str) -> str:
+    """The acknowledgement locale for a message's language (a BCP 47 tag, or an Accept-Language
+    value's first tag): ``zh-CN``, ``zh-TW`` or ``en``.
+
+    Chinese tags go by script (``zh-HK``, ``zh-Hant``, ``yue`` are traditional, ``zh-Hans-HK``
+    simplified; a bare ``zh`` takes the default's variant if the default is Chinese). English
+    answers English and every other language we have no template for, since a reader of
+    Japanese or French is likelier to read English than Chinese. Only when ``language`` is
+    missing or unusable does ``default`` decide (and an unusable default gives English).
+    """
+    for tag in (language, default):
+        if not tag or not is_language_tag(tag):
             continue
-        t = tag.strip().lower().replace("_", "-")
-        if t.startswith("zh"):
-            return "zh-TW" if any(x in t for x in ("tw", "hk", "mo", "hant")) else "zh-CN"
-        if t.startswith("en"):
-            return "en"
+        script = chinese_script(tag)
+        if script == "Hani":
+            return "zh-TW" if chinese_script(default) == "Hant" else "zh-CN"
+        if script is not None:
+            return "zh-TW" if script == "Hant" else "zh-CN"
+        return "en"
     return "en"
+
+
+def ack_locale(declared: str | None, text: str, default: str, subject: str = "") -> str:
+    """The locale to acknowledge a message in: its language decided from the locale the channel
+    declared and its own words (:func:`gateway.language.message_language`), then
+    :func:`pick_locale`. Pure; the core applies the first half once per message
+    (:func:`gateway.language.with_language`), so later renderings need only ``pick_locale``.
+    """
+    return pick_locale(message_language(declared, text, subject), default)
 
 
 def render_ack(*, number: str, outcome: Outcome, due_at: datetime, locale: str,

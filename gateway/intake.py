@@ -27,6 +27,7 @@ from gateway.decision import (
 from gateway.errors import RejectedInput, TooLarge
 from gateway.fingerprint import content_fingerprint, normalize_for_dedup
 from gateway.ids import new_id
+from gateway.language import with_language
 from gateway.numbering import TicketNumbering
 from gateway.sla import BusinessCalendar, due_at
 from gateway.triage import Triager
@@ -96,6 +97,7 @@ class IntakeService:
         except RejectedInput:
             REJECTED.labels(message.channel).inc()
             raise
+        message = with_language(message)  # decided once: events and acks then agree
         plan = self._plan(message, ack_via, inline_reaches_phone, unreachable)
         stored: StoredReceipt = await self.store.run(
             lambda tx: decide_and_record(tx, plan, self.numbering))

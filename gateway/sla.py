@@ -27,6 +27,7 @@ import holidays as holidays_lib
 import msgspec
 
 from gateway.errors import ConfigError
+from gateway.language import chinese_script
 from schemas.message import Priority
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "TargetsConfig",
     "due_at",
     "format_due",
+    "zone_label",
 ]
 
 _HHMM = re.compile(r"([01]?[0-9]|2[0-3]):[0-5][0-9]|24:00")
@@ -315,18 +317,71 @@ _EN_MONTHS = (
 _ZH_WEEKDAYS = ("星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日")
 
 
-def format_due(due: datetime, locale: str, calendar: BusinessCalendar) -> str:
-    """``due`` as a customer reads it, in the calendar's time zone, without the process locale.
+# The names customers know their zone by, where one is well known and the zone keeps it all
+# year: (simplified Chinese, traditional Chinese, English). Abbreviations such as "CST" are
+# ambiguous (China, US Central, Cuba), so they are never the only thing shown.
+_CHINA = ("北京时间", "北京時間", "China Standard Time")
+_UTC = ("协调世界时", "世界標準時間", "Coordinated Universal Time")
+_ZONE_NAMES: dict[str, tuple[str, str, str]] = {
+    "Asia/Shanghai": _CHINA, "Asia/Chongqing": _CHINA, "Asia/Chungking": _CHINA,
+    "Asia/Harbin": _CHINA, "PRC": _CHINA,
+    "Asia/Hong_Kong": ("香港时间", "香港時間", "Hong Kong Time"),
+    "Hongkong": ("香港时间", "香港時間", "Hong Kong Time"),
+    "Asia/Macau": ("澳门时间", "澳門時間", "Macao Time"),
+    "Asia/Macao": ("澳门时间", "澳門時間", "Macao Time"),
+    "Asia/Taipei": ("台北时间", "台北時間", "Taipei Standard Time"),
+    "ROC": ("台北时间", "台北時間", "Taipei Standard Time"),
+    "Asia/Singapore": ("新加坡时间", "新加坡時間", "Singapore Standard Time"),
+    "Singapore": ("新加坡时间", "新加坡時間", "Singapore Standard Time"),
+    "Asia/Kuala_Lumpur": ("马来西亚时间", "馬來西亞時間", "Malaysia Time"),
+    "Asia/Tokyo": ("日本时间", "日本時間", "Japan Standard Time"),
+    "Japan": ("日本时间", "日本時間", "Japan Standard Time"),
+    "Asia/Seoul": ("韩国时间", "韓國時間", "Korean Standard Time"),
+    "ROK": ("韩国时间", "韓國時間", "Korean Standard Time"),
+    "UTC": _UTC, "Etc/UTC": _UTC, "Etc/UCT": _UTC, "UCT": _UTC, "Etc/Universal": _UTC,
+    "Universal": _UTC, "Etc/Zulu": _UTC, "Zulu": _UTC,
+}  # fmt: skip
 
-    English (and any unknown locale): ``Monday 24 November, 10:00``; ``zh-CN`` and ``zh-TW``
-    (and other ``zh`` tags): ``11月24日（星期一）10:00``.
+
+def zone_label(local: datetime, locale: str) -> str:
+    """The time zone of ``local`` (aware, in the calendar's zone) as a customer reads it.
+
+    The zone's own name in the locale's language where one is known (``北京时间``, ``北京時間``,
+    ``China Standard Time``); otherwise the UTC offset, after the zone's abbreviation when it has
+    a letter one (``CET, UTC+01:00``; ``UTC+04:00`` for zones whose abbreviation is ``+04``).
+    """
+    key = getattr(local.tzinfo, "key", None)
+    names = _ZONE_NAMES.get(key) if isinstance(key, str) else None
+    # A historical daylight-saving date (China 1986-1991) is not "standard time".
+    if names is not None and not local.dst():
+        script = chinese_script(locale)
+        return names[1] if script == "Hant" else names[0] if script is not None else names[2]
+    offset = local.utcoffset() or timedelta(0)
+    sign = "-" if offset < timedelta(0) else "+"
+    minutes = abs(offset) // timedelta(minutes=1)
+    utc = f"UTC{sign}{minutes // 60:02d}:{minutes % 60:02d}" if minutes else "UTC"
+    abbreviation = local.tzname() or ""
+    if abbreviation.isascii() and abbreviation.isalpha() and abbreviation != "UTC":
+        separator = "，" if chinese_script(locale) is not None else ", "
+        return f"{abbreviation}{separator}{utc}"
+    return utc
+
+
+def format_due(due: datetime, locale: str, calendar: BusinessCalendar) -> str:
+    """``due`` as a customer reads it, in the calendar's time zone, which it names, without the
+    process locale.
+
+    English (and any non-Chinese locale): ``Monday 24 November, 10:00 (China Standard Time)``;
+    ``zh-CN``: ``11月24日（星期一）10:00（北京时间）``; ``zh-TW`` (and other traditional tags):
+    ``11月24日（星期一）10:00（北京時間）``. See :func:`zone_label` for zones without a name.
     """
     if due.tzinfo is None or due.utcoffset() is None:
         raise ValueError(f"due must be aware, got naive {due!r}")
     local = due.astimezone(calendar.tz)
     clock = f"{local.hour:02d}:{local.minute:02d}"
-    tag = locale.replace("_", "-").casefold()
-    if tag == "zh" or tag.startswith("zh-"):
+    zone = zone_label(local, locale)
+    if chinese_script(locale) is not None:
         # Simplified and traditional Chinese write this date the same way (星期 in both).
-        return f"{local.month}月{local.day}日（{_ZH_WEEKDAYS[local.weekday()]}）{clock}"
-    return f"{_EN_WEEKDAYS[local.weekday()]} {local.day} {_EN_MONTHS[local.month - 1]}, {clock}"
+        return f"{local.month}月{local.day}日（{_ZH_WEEKDAYS[local.weekday()]}）{clock}（{zone}）"
+    return (f"{_EN_WEEKDAYS[local.weekday()]} {local.day} {_EN_MONTHS[local.month - 1]}, "
+            f"{clock} ({zone})")

@@ -211,19 +211,69 @@ def test_dst_fall_back_in_berlin() -> None:
 @pytest.mark.parametrize(
     ("locale", "text"),
     [
-        ("en", "Monday 24 November, 10:00"),
-        ("en-GB", "Monday 24 November, 10:00"),
-        ("zh-CN", "11月24日（星期一）10:00"),
-        ("zh_CN", "11月24日（星期一）10:00"),
-        ("zh-TW", "11月24日（星期一）10:00"),
-        ("zh-Hant-HK", "11月24日（星期一）10:00"),
-        ("fr", "Monday 24 November, 10:00"),
-        ("", "Monday 24 November, 10:00"),
+        ("en", "Monday 24 November, 10:00 (China Standard Time)"),
+        ("en-GB", "Monday 24 November, 10:00 (China Standard Time)"),
+        ("zh-CN", "11月24日（星期一）10:00（北京时间）"),
+        ("zh_CN", "11月24日（星期一）10:00（北京时间）"),
+        ("zh", "11月24日（星期一）10:00（北京时间）"),
+        ("zh-TW", "11月24日（星期一）10:00（北京時間）"),
+        ("zh-Hant-HK", "11月24日（星期一）10:00（北京時間）"),
+        ("zh-HK", "11月24日（星期一）10:00（北京時間）"),
+        ("zh-Hans-HK", "11月24日（星期一）10:00（北京时间）"),
+        ("fr", "Monday 24 November, 10:00 (China Standard Time)"),
+        ("", "Monday 24 November, 10:00 (China Standard Time)"),
     ],
 )
 def test_format_due(locale: str, text: str) -> None:
     due = datetime(2025, 11, 24, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
     assert format_due(due, locale, CN) == text
+
+
+@pytest.mark.parametrize(
+    ("timezone", "en", "zh_cn", "zh_tw"),
+    [
+        ("Asia/Hong_Kong", "10:00 (Hong Kong Time)", "10:00（香港时间）", "10:00（香港時間）"),
+        ("Asia/Taipei", "10:00 (Taipei Standard Time)", "10:00（台北时间）", "10:00（台北時間）"),
+        ("Asia/Singapore", "10:00 (Singapore Standard Time)", "10:00（新加坡时间）",
+         "10:00（新加坡時間）"),
+        ("Asia/Tokyo", "11:00 (Japan Standard Time)", "11:00（日本时间）", "11:00（日本時間）"),
+        ("UTC", "02:00 (Coordinated Universal Time)", "02:00（协调世界时）",
+         "02:00（世界標準時間）"),
+        # No name we know: the abbreviation with its offset ("CET" alone is not enough, "CST"
+        # would be worse), or the offset alone where the abbreviation is a number.
+        ("Europe/Berlin", "03:00 (CET, UTC+01:00)", "03:00（CET，UTC+01:00）",
+         "03:00（CET，UTC+01:00）"),
+        ("America/New_York", "21:00 (EST, UTC-05:00)", "21:00（EST，UTC-05:00）",
+         "21:00（EST，UTC-05:00）"),
+        ("Asia/Kolkata", "07:30 (IST, UTC+05:30)", "07:30（IST，UTC+05:30）",
+         "07:30（IST，UTC+05:30）"),
+        ("Asia/Dubai", "06:00 (UTC+04:00)", "06:00（UTC+04:00）", "06:00（UTC+04:00）"),
+        ("Asia/Urumqi", "08:00 (UTC+06:00)", "08:00（UTC+06:00）", "08:00（UTC+06:00）"),
+    ],
+)
+def test_format_due_names_the_calendars_time_zone(
+        timezone: str, en: str, zh_cn: str, zh_tw: str) -> None:
+    calendar = BusinessCalendar(CalendarConfig(timezone=timezone, holidays_country=None))
+    due = datetime(2025, 11, 24, 2, 0, tzinfo=UTC)
+    assert format_due(due, "en", calendar).endswith(f", {en}")
+    assert format_due(due, "zh-CN", calendar).endswith(f"）{zh_cn}")
+    assert format_due(due, "zh-TW", calendar).endswith(f"）{zh_tw}")
+
+
+def test_format_due_follows_daylight_saving_time() -> None:
+    summer = datetime(2026, 7, 6, 8, 0, tzinfo=UTC)
+    assert format_due(summer, "en", DE) == "Monday 6 July, 10:00 (CEST, UTC+02:00)"
+    # China kept summer time 1986-1991: a date then is not "China Standard Time".
+    assert format_due(datetime(1988, 7, 4, 2, 0, tzinfo=UTC), "en", CN) == (
+        "Monday 4 July, 11:00 (CDT, UTC+09:00)")
+
+
+@given(due=instants, calendar=calendars, locale=st.sampled_from(["en", "zh-CN", "zh-TW", "ja"]))
+def test_format_due_always_says_which_zone(
+        due: datetime, calendar: BusinessCalendar, locale: str) -> None:
+    text = format_due(due, locale, calendar)
+    assert text.endswith((")", "）"))
+    assert any(name in text for name in ("北京时间", "北京時間", "China Standard Time", "UTC"))
 
 
 # --- configuration ---------------------------------------------------------------------------

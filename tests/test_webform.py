@@ -178,7 +178,7 @@ async def test_submission_shows_ticket_and_due_time(gateway: Gateway,
     (number,) = numbers_in(page)
     assert f'data-ticket-number="{number}">{number}<' in page
     assert re.search(r"We will answer by (Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|"
-                     r"Sunday) \d{1,2} [A-Z][a-z]+, \d\d:\d\d\.", page)
+                     r"Sunday) \d{1,2} [A-Z][a-z]+, \d\d:\d\d \(China Standard Time\)\.", page)
     assert "Your request has been registered under ticket number" in page  # the ack text
     (event,) = created(await events(http, gateway))
     assert event["subject"] == number
@@ -265,7 +265,7 @@ async def test_chinese_round_trips(gateway: Gateway, http: aiohttp.ClientSession
     assert resp.status == 200
     assert '<html lang="zh-CN">' in page
     assert "您的工单编号" in page
-    assert re.search(r"我们将在\d{1,2}月\d{1,2}日（星期.）\d\d:\d\d前答复您", page)
+    assert re.search(r"我们将在\d{1,2}月\d{1,2}日（星期.）\d\d:\d\d（北京时间）前答复您", page)
     (event,) = created(await events(http, gateway))
     assert event["data"]["message"]["text"] == text
     assert event["data"]["message"]["subject"] == "路由器故障"

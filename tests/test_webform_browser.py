@@ -67,7 +67,8 @@ async def test_person_fills_the_form_in_chinese(gateway: Gateway, browser: Any) 
         number = (await page.text_content("#ticket-number") or "").strip()
         assert NUMBER.match(number)
         due = await page.text_content("#due") or ""
-        assert re.fullmatch(r"我们将在\d{1,2}月\d{1,2}日（星期.）\d\d:\d\d前答复您。", due)
+        assert re.fullmatch(r"我们将在\d{1,2}月\d{1,2}日（星期.）\d\d:\d\d（北京时间）前答复您。",
+                            due)
         assert "工单编号" in (await page.text_content("main") or "")
     finally:
         await context.close()
@@ -102,8 +103,8 @@ async def test_person_fills_the_form_in_english(gateway: Gateway, browser: Any) 
         await page.wait_for_selector("#ticket-number")
         assert NUMBER.match((await page.text_content("#ticket-number") or "").strip())
         due = await page.text_content("#due") or ""
-        assert re.fullmatch(r"We will answer by [A-Z][a-z]+day \d{1,2} [A-Z][a-z]+, \d\d:\d\d\.",
-                            due)
+        assert re.fullmatch(r"We will answer by [A-Z][a-z]+day \d{1,2} [A-Z][a-z]+, \d\d:\d\d "
+                            r"\(China Standard Time\)\.", due)
     finally:
         await context.close()
     (event,) = await created_events(gateway)

@@ -1,0 +1,223 @@
+"""Which language a message is written in: the script of its own words, refined by a declared tag.
+
+Adapters set ``InboundMessage.locale`` from whatever the channel declares (the form's language
+switch, Telegram's ``language_code``, ``Content-Language``, ``Accept-Language``, a charset), and
+those declarations are often about the customer's software rather than their words: an English
+mail sent from a Chinese mail client is labelled GB2312, a Chinese message typed in an English
+Telegram app says ``en``. The core therefore decides once, in :func:`message_language`:
+
+1. the text's script decides the language (:func:`detect_language`): Latin letters, Han
+   (simplified or traditional), kana, Hangul, Cyrillic, ...;
+2. a declared tag is kept when it agrees with that script, so it refines what script alone
+   cannot tell (``zh-HK`` for Han text, ``fr`` for Latin text, ``ja`` for kanji-only text);
+3. a declared tag decides alone when the text has no letters at all (emoji, an order number);
+4. with neither, the language is unknown (``None``) and the configured default answers.
+
+Script counts, not a statistical detector: our customers write Chinese, English and their
+neighbours' languages, which scripts tell apart, and a detector model would be large and still
+unsure on a two-word SMS. Tags are parsed with ``langcodes`` (``zh-Hans-HK`` is simplified).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import langcodes
+import msgspec
+
+from gateway.fingerprint import normalize_for_dedup
+from schemas import InboundMessage
+
+__all__ = [
+    "chinese_script",
+    "detect_language",
+    "detect_script",
+    "is_language_tag",
+    "message_language",
+    "with_language",
+]
+
+# What the customer wrote first decides: signatures, legal disclaimers and quoted history come
+# later, and a Chinese customer's English disclaimer must not turn the answer into English.
+_PREFIX_CHARS = 600
+# Noise that is written in Latin letters whatever the language: links, addresses, order and
+# ticket numbers, model names with digits (AX3, SO-1001), quoted lines and signatures. ASCII
+# classes (?a): a Chinese word next to a number ("订单12345号") is not noise.
+_NOISE = re.compile(
+    r"(?aim)^>.*$|^-- ?$[\s\S]*|(?:https?://|www\.)[^\s<>\"]+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
+    r"|[\w-]*\d[\w-]*"
+)
+_LATIN_WORD = re.compile(r"[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff]+")
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+# Hiragana and katakana without the middle dot (U+30FB) and the long-vowel mark (U+30FC),
+# which Chinese text borrows ("哈利・波特").
+_KANA = re.compile("[\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fd-\u30ff\u31f0-\u31ff"
+                   "\uff66-\uff6f\uff71-\uff9d]")
+_HANGUL = re.compile("[\uac00-\ud7a3\u1100-\u11ff\u3131-\u318e]")
+# Other scripts, each written in space-separated words, and the language its words most
+# likely are; a declared tag in the same script refines it (uk for Cyrillic, fa for Arabic).
+_WORD_SCRIPTS: tuple[tuple[str, str, re.Pattern[str]], ...] = (
+    ("Cyrl", "ru", re.compile("[\u0400-\u04ff]+")),
+    ("Grek", "el", re.compile("[\u0370-\u03ff\u1f00-\u1fff]+")),
+    ("Arab", "ar", re.compile("[\u0620-\u064a\u066e-\u06d3\u06fa-\u06ff]+")),
+    ("Hebr", "he", re.compile("[\u05d0-\u05ea]+")),
+    ("Deva", "hi", re.compile("[\u0900-\u097f]+")),
+)
+_THAI = re.compile("[\u0e01-\u0e3a\u0e40-\u0e4e]")
+# A word of Chinese is about two characters, of Korean about three syllables; kana-and-kanji
+# Japanese about three characters. These weights make a Han character count as half a Latin
+# word, so "my 宽带 is broken" is English and "我的 iPhone 屏幕坏了" is Chinese.
+_HAN_PER_WORD = 2
+_JA_PER_WORD = 3
+_HANGUL_PER_WORD = 3
+_THAI_PER_WORD = 4
+
+_LANGUAGE_OF_SCRIPT = {"Latn": "en", "Hans": "zh-CN", "Hant": "zh-TW", "Hani": "zh",
+                       "Jpan": "ja", "Kore": "ko", "Thai": "th"}
+_LANGUAGE_OF_SCRIPT |= {script: language for script, language, _ in _WORD_SCRIPTS}
+
+
+def _encodable(ch: str, codec: str) -> bool:
+    try:
+        ch.encode(codec)
+    except UnicodeError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=8192)
+def _han_variant(ch: str) -> int:
+    """+1 for a simplified-only character, -1 for a traditional-only one, 0 for both or neither.
+
+    GB2312 holds only simplified forms and Big5 only traditional ones, so a character that only
+    one of them can encode tells the variant; the many characters both share tell nothing.
+    """
+    gb, big5 = _encodable(ch, "gb2312"), _encodable(ch, "big5")
+    return (gb and not big5) - (big5 and not gb)
+
+
+def detect_script(text: str) -> str | None:
+    """The ISO 15924 script most of ``text``'s words are written in, or None if it has none.
+
+    ``Hans`` / ``Hant`` for Han text whose characters tell simplified from traditional, ``Hani``
+    when they do not (``故障``); ``Jpan`` for Han with kana; ``Kore`` for Hangul.
+    """
+    text = _NOISE.sub(" ", text[: _PREFIX_CHARS * 4])[:_PREFIX_CHARS]
+    scores: dict[str, float] = {}
+    if latin := len(_LATIN_WORD.findall(text)):
+        scores["Latn"] = latin
+    if not text.isascii():
+        han = _HAN.findall(text)
+        kana = len(_KANA.findall(text))
+        # Japanese writes kana between its kanji; a lone の in a Chinese shop name is not that.
+        if kana >= 2 and kana * 5 >= len(han):
+            scores["Jpan"] = (kana + len(han)) / _JA_PER_WORD
+        elif han:
+            variant = sum(map(_han_variant, han))
+            script = "Hans" if variant > 0 else "Hant" if variant < 0 else "Hani"
+            scores[script] = len(han) / _HAN_PER_WORD
+        if hangul := len(_HANGUL.findall(text)):
+            scores["Kore"] = hangul / _HANGUL_PER_WORD
+        if thai := len(_THAI.findall(text)):
+            scores["Thai"] = thai / _THAI_PER_WORD
+        for script, _, pattern in _WORD_SCRIPTS:
+            if words := len(pattern.findall(text)):
+                scores[script] = words
+    if not scores:
+        return None
+    # Ties go to the script listed first (Latin): dict order, and max keeps the first maximum.
+    return max(scores, key=lambda s: scores[s])
+
+
+def detect_language(text: str) -> str | None:
+    """The language ``text`` is most likely written in, from its script alone, or None.
+
+    ``en`` for Latin letters (we answer every Latin-script language in English), ``zh-CN`` /
+    ``zh-TW`` for simplified / traditional Han, ``zh`` for Han that could be either, ``ja``,
+    ``ko``, ``ru``, ``el``, ``ar``, ``he``, ``hi``, ``th``. None when there are no letters.
+    """
+    script = detect_script(text)
+    return None if script is None else _LANGUAGE_OF_SCRIPT[script]
+
+
+class _Tag(msgspec.Struct, frozen=True):
+    language: str
+    script: str
+    """Maximized ISO 15924 script: ``Hans`` for ``zh``, ``Hant`` for ``zh-HK``, ``Latn`` for
+    ``en``; ``Hani`` for a bare ``zh`` / ``cmn`` (either variant)."""
+
+
+@lru_cache(maxsize=1024)
+def _parse(tag: str) -> _Tag | None:
+    """A declared BCP 47 tag (or the first of an Accept-Language list), or None if unusable."""
+    first = tag.split(",", 1)[0].split(";", 1)[0].strip().replace("_", "-")
+    if not first or len(first) > 64:
+        return None
+    try:
+        parsed = langcodes.Language.get(first).prefer_macrolanguage()
+    except (langcodes.LanguageTagError, ValueError):
+        return None
+    if parsed.language in (None, "und") or not parsed.is_valid():
+        return None
+    script = parsed.maximize().script or ""
+    if parsed.language == "zh" and parsed.script is None and parsed.territory is None:
+        script = "Hani"  # "zh" alone says nothing about simplified or traditional
+    return _Tag(language=parsed.language, script=script)
+
+
+def is_language_tag(tag: str) -> bool:
+    """Whether ``tag`` (or an Accept-Language list's first tag) names a real language."""
+    return _parse(tag) is not None
+
+
+def chinese_script(tag: str | None) -> str | None:
+    """``Hans`` / ``Hant`` for a Chinese tag that says which, ``Hani`` for bare ``zh``, else None.
+
+    ``zh-TW``, ``zh-HK``, ``zh-Hant``, ``yue`` are traditional; ``zh-CN``, ``zh-SG``,
+    ``zh-Hans-HK`` simplified.
+    """
+    parsed = _parse(tag) if tag else None
+    if parsed is None or parsed.script not in ("Hans", "Hant", "Hani"):
+        return None
+    return parsed.script
+
+
+def _agrees(declared: _Tag, script: str) -> bool:
+    """Whether a declared language is one written in the script the text was detected in."""
+    if script in ("Hans", "Hant"):
+        # The characters themselves say which variant; a declared tag of the same variant (or
+        # Japanese, whose kanji can look like either) may stay.
+        return declared.script in (script, "Hani") or declared.language == "ja"
+    if script == "Hani":
+        return declared.script in ("Hans", "Hant", "Hani") or declared.language == "ja"
+    return declared.script == script
+
+
+def message_language(declared: str | None, text: str, subject: str = "") -> str | None:
+    """The language to record for a message and answer it in; see the module docstring.
+
+    The script is read from the words the customer wrote in ``text`` (quoted replies, reply
+    attributions, signatures and "Sent from my iPhone" cut, as for duplicate detection), and
+    from ``subject`` only when those have no letters: a reply's subject is often our own
+    acknowledgement's. Returns ``declared`` unchanged (as the channel spelled it) when it agrees
+    with that script or there are no letters at all; otherwise the detected language; None when
+    neither says anything.
+    """
+    tag = _parse(declared) if declared else None
+    script = detect_script(normalize_for_dedup(text[: _PREFIX_CHARS * 4]))
+    if script is None and subject:
+        script = detect_script(subject)
+    if script is None:
+        return declared.strip() if tag is not None and declared else None
+    if tag is not None and declared and _agrees(tag, script):
+        return declared.strip()
+    return _LANGUAGE_OF_SCRIPT[script]
+
+
+def with_language(message: InboundMessage) -> InboundMessage:
+    """``message`` with ``locale`` set by :func:`message_language` from its text and subject."""
+    locale = message_language(message.locale, message.text, message.subject)
+    if locale == message.locale:
+        return message
+    return msgspec.structs.replace(message, locale=locale)
