@@ -81,6 +81,11 @@ class SmtpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Sessions open at once; beyond it new ones get ``421 4.7.0`` and are closed (0: no limit)."""
     max_connections_per_peer: int = 20
     """Sessions open at once from one IPv4 address or IPv6 /64 (421 beyond; 0: no limit)."""
+    per_peer_exempt: list[str] = msgspec.field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    """Addresses or networks held to neither the per-peer connection limit nor the per-client
+    allowance: a relay on this host (Postfix handing mail on) carries every sender's mail.
+    Per-sender allowances still apply to mail they relay."""
     max_messages_per_sender: int = 30
     """Mails accepted per envelope sender address per ``rate_window``; beyond it MAIL gets
     ``450 4.7.1`` and the sending server retries later (0: no limit). Bounces (``<>``) are
@@ -228,7 +233,8 @@ class SmtpAdapter:
         self._server: asyncio.base_events.Server | None = None
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self.gate = ConnectionGate("smtp", total=config.max_connections,
-                                   per_peer=config.max_connections_per_peer)
+                                   per_peer=config.max_connections_per_peer,
+                                   exempt=config.per_peer_exempt)
         self._per_sender = (TokenBuckets(config.max_messages_per_sender, config.rate_window)
                             if config.max_messages_per_sender > 0 else None)
         self._per_client = (TokenBuckets(config.max_messages_per_client, config.rate_window)
@@ -300,7 +306,9 @@ class SmtpAdapter:
         """
         peer = session.peer
         host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
-        wait = self._per_client.take(peer_key(host)) if self._per_client is not None else 0.0
+        wait = 0.0
+        if self._per_client is not None and not self.gate.is_exempt(host):
+            wait = self._per_client.take(peer_key(host))
         limit = "client"
         sender = address.strip().lower()
         if not wait and sender and self._per_sender is not None:
@@ -366,6 +374,8 @@ class SmtpAdapter:
             if not self._inflight:
                 self._idle.set()
         SMTP_MESSAGES.labels("accepted").inc()
+        if receipt.ticket_number is None:
+            return f"250 2.0.0 OK: recorded ({receipt.outcome})"  # machine mail, no ticket
         return f"250 2.0.0 OK: {receipt.ticket_number} ({receipt.outcome})"
 
     async def _submit(self, raw: bytes, *, envelope_from: str, mailboxes: list[str]) -> Receipt:

@@ -25,6 +25,8 @@ from schemas import (
     InboundMessage,
     MessageAdded,
     MessageAddedData,
+    MessageAutomated,
+    MessageAutomatedData,
     MessageView,
     Outcome,
     Priority,
@@ -92,13 +94,15 @@ class TicketRow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StoredReceipt(msgspec.Struct, frozen=True, kw_only=True):
-    """The facts of a receipt as stored with the message, so a replay can repeat them."""
+    """The facts of a receipt as stored with the message, so a replay can repeat them.
+
+    ``ticket_number``, ``priority`` and ``due_at`` are None only for ``automated``."""
 
     outcome: Outcome
-    ticket_number: str
+    ticket_number: str | None
     message_uid: str
-    priority: Priority
-    due_at: datetime
+    priority: Priority | None
+    due_at: datetime | None
     acknowledge: bool
 
 
@@ -150,8 +154,11 @@ class Tx(Protocol):
     def insert_ticket(self, *, number: str, contact_id: int, plan: SubmissionPlan) -> TicketRow: ...
 
     def insert_message(
-        self, *, plan: SubmissionPlan, ticket_id: int, contact_id: int, receipt: StoredReceipt
-    ) -> None: ...
+        self, *, plan: SubmissionPlan, ticket_id: int | None, contact_id: int,
+        receipt: StoredReceipt,
+    ) -> None:
+        """Record the message with its receipt; ``ticket_id`` None for ``automated``."""
+        ...
 
     def touch_ticket(self, ticket_id: int, at: datetime) -> None: ...
 
@@ -231,6 +238,10 @@ def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) 
                 hints.append(candidate.number)
     view = _message_view(plan)
     now = msg.received_at
+    if ticket is None and msg.auto_submitted:
+        # Robots don't open tickets: an auto-reply, bounce or list mail that threads into none
+        # is recorded and published, with no number, no target and no acknowledgement.
+        return _automated(tx, plan, contact, contact_id, view)
     if ticket is None:
         # The same content again is a duplicate before it is a chat follow-up: the customer
         # is told "we already have it" rather than nothing.
@@ -275,6 +286,22 @@ def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) 
     return receipt
 
 
+def _automated(tx: Tx, plan: SubmissionPlan, contact: ContactView, contact_id: int,
+               view: MessageView) -> StoredReceipt:
+    receipt = StoredReceipt(outcome="automated", ticket_number=None,
+                            message_uid=plan.message_uid, priority=None, due_at=None,
+                            acknowledge=False)
+    tx.insert_message(plan=plan, ticket_id=None, contact_id=contact_id, receipt=receipt)
+    event = MessageAutomated(
+        id=new_id(), source=plan.event_source, subject=contact.id,
+        time=plan.message.received_at,
+        data=MessageAutomatedData(contact=contact, message=view,
+                                  mail_class=plan.message.metadata.get("mail_class")))
+    tx.append_event(event_id=event.id, type_=_type_of(event), subject=contact.id, priority=None,
+                    body=_encode(event))
+    return receipt
+
+
 def _owner_acks(tx: Tx, plan: SubmissionPlan, ticket: TicketRow) -> list[OutboxAck]:
     """The claim's acknowledgement routes that reach an identity the ticket's contact owns."""
     return [ack for kind, value, ack in plan.owner_routes
@@ -315,7 +342,7 @@ def _effects(
         tx.insert_ack(ticket_id=ticket.id, message_uid=plan.message_uid, ack=ack, payload=facts)
 
 
-def _type_of(event: TicketCreated | MessageAdded | DuplicateReceived) -> str:
+def _type_of(event: TicketCreated | MessageAdded | DuplicateReceived | MessageAutomated) -> str:
     return type(event).__struct_config__.tag  # type: ignore[return-value]
 
 

@@ -6,14 +6,24 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import AckFailed, AckSent, DuplicateReceived, MessageAdded, TicketCreated
+from schemas.events import (
+    AckFailed,
+    AckSent,
+    DuplicateReceived,
+    MessageAdded,
+    MessageAutomated,
+    TicketCreated,
+)
 
-EVENT_CLASSES = (TicketCreated, MessageAdded, DuplicateReceived, AckSent, AckFailed)
+EVENT_CLASSES = (TicketCreated, MessageAdded, DuplicateReceived, MessageAutomated, AckSent,
+                 AckFailed)
 
 _SUMMARIES = {
     "ticket.created": "A new ticket was opened, triaged, numbered and (maybe) acknowledged.",
     "ticket.message_added": "A follow-up joined an existing ticket.",
     "ticket.duplicate_received": "The same contact sent the same content again; linked, not new.",
+    "message.automated": ("Machine mail (auto-reply, bounce, list, receipt, report) that "
+                          "threads into no ticket: recorded, no ticket, no acknowledgement."),
     "ack.sent": "An acknowledgement went out through the outbox (email, SMS, chat).",
     "ack.failed": "An acknowledgement could not be sent and was given up, or was suppressed.",
 }

@@ -92,6 +92,14 @@ class DuplicateReceivedData(msgspec.Struct, frozen=True, kw_only=True, omit_defa
     first_message_id: str
 
 
+class MessageAutomatedData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    contact: ContactView
+    message: MessageView
+    mail_class: str | None = None
+    """What the loop policy saw: ``auto_reply``, ``bounce``, ``list``, ``read_receipt``,
+    ``feedback_report``..."""
+
+
 class AckSentData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ticket_number: str
     channel: str
@@ -141,7 +149,14 @@ class AckFailed(CloudEvent, frozen=True, kw_only=True, tag="ack.failed"):
     data: AckFailedData
 
 
-Event = TicketCreated | MessageAdded | DuplicateReceived | AckSent | AckFailed
+class MessageAutomated(CloudEvent, frozen=True, kw_only=True, tag="message.automated"):
+    """Machine mail that threads into no ticket. ``subject`` is the contact's id (no ticket)."""
+
+    data: MessageAutomatedData
+
+
+Event = (TicketCreated | MessageAdded | DuplicateReceived | MessageAutomated | AckSent
+         | AckFailed)
 """Every event type; decode with ``msgspec.json.decode(raw, type=Event)``."""
 
 EVENT_TYPES: tuple[str, ...] = (

@@ -13,6 +13,7 @@ from schemas.events import (
     DuplicateReceived,
     Event,
     MessageAdded,
+    MessageAutomated,
     TicketCreated,
 )
 from schemas.message import InboundMessage, Receipt
@@ -27,6 +28,7 @@ SCHEMAS: dict[str, Any] = {
     "event.ticket.created": TicketCreated,
     "event.ticket.message_added": MessageAdded,
     "event.ticket.duplicate_received": DuplicateReceived,
+    "event.message.automated": MessageAutomated,
     "event.ack.sent": AckSent,
     "event.ack.failed": AckFailed,
 }

@@ -23,8 +23,11 @@ Priority = Literal["high", "medium", "low"]
 CustomerType = Literal["new", "existing", "vip"]
 """Customer type (客户类型): 新客户 / 老客户 / VIP."""
 
-Outcome = Literal["created", "followup", "duplicate", "replayed"]
-"""What ``submit`` decided for one message; see DESIGN.md "The way of one message"."""
+Outcome = Literal["created", "followup", "duplicate", "replayed", "automated"]
+"""What ``submit`` decided for one message; see DESIGN.md "The way of one message".
+
+``automated``: machine mail (auto-reply, bounce, list, read receipt, feedback report) that threads
+into no ticket: recorded and published (``message.automated``), no ticket, no acknowledgement."""
 
 E164 = Annotated[
     str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164 phone number")
@@ -124,10 +127,13 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """
 
     outcome: Outcome
-    ticket_number: str
+    ticket_number: str | None
+    """The ticket the message was recorded on; None only for ``automated``."""
     message_id: str
     """Our id of the stored message (for ``replayed``: of the first delivery)."""
-    priority: Priority
-    due_at: datetime
+    priority: Priority | None = None
+    """None only for ``automated`` (no ticket, no response target)."""
+    due_at: datetime | None = None
+    """None only for ``automated``."""
     acknowledgement: Acknowledgement | None = None
     """None when the loop policy forbids answering (auto-submitted mail and the like)."""

@@ -19,6 +19,12 @@ CREATE TABLE acks(
     channel TEXT NOT NULL, recipient TEXT NOT NULL, reply_to TEXT, payload BLOB NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL, provider_id TEXT, last_error TEXT, sent_at INTEGER);
+CREATE TABLE messages(
+    id INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, ticket_id INTEGER NOT NULL,
+    contact_id INTEGER NOT NULL, channel TEXT NOT NULL, delivery_key TEXT UNIQUE,
+    outcome TEXT NOT NULL, received_at INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+    body BLOB NOT NULL, receipt BLOB NOT NULL);
+INSERT INTO messages VALUES (1, 'm1', 1, 1, 'smtp', 'k1', 'created', 0, 'f', x'', x'');
 INSERT INTO meta VALUES ('schema_version', '1');
 INSERT INTO identities VALUES ('email', 'old@example.org', 1);
 INSERT INTO acks(ticket_id, message_uid, channel, recipient, payload, next_attempt_at,
@@ -41,6 +47,13 @@ async def test_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
                             ).fetchone()[0] == str(SCHEMA_VERSION)
         # Identities linked before claims were told apart keep working as they did.
         assert conn.execute("SELECT verified FROM identities").fetchall() == [(1,)]
+        # Machine mail has no ticket: the column lost its NOT NULL, the rows and indexes stayed.
+        assert {r[1]: r[3] for r in conn.execute("PRAGMA table_info(messages)")}[
+            "ticket_id"] == 0
+        assert conn.execute("SELECT uid, delivery_key FROM messages").fetchall() == [
+            ("m1", "k1")]
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(messages)")}
+        assert "messages_dedup" in indexes and len(indexes) >= 3  # + uid, delivery_key UNIQUE
         # Only the mailer's random Message-IDs join from anyone.
         assert dict(conn.execute("SELECT ref, unguessable FROM ack_refs")) == {
             "abc@gw.example": 1, "telegram:42:7": 0}

@@ -18,7 +18,6 @@ import msgspec
 from gateway.decision import OutboxAck, StoredReceipt, SubmissionPlan, TicketRow
 from gateway.errors import TransientError
 from gateway.files import make_private
-from gateway.files import make_private
 from gateway.ids import new_id
 from schemas import ContactView
 
@@ -26,7 +25,7 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 """1: the first schema. 2: ``identities.verified`` (claims), ``ack_refs.unguessable``,
-``replay_guards``."""
+``replay_guards``, ``messages.ticket_id`` nullable (``automated`` messages have no ticket)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -47,7 +46,7 @@ CREATE TABLE IF NOT EXISTS tickets(
     due_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS tickets_contact ON tickets(contact_id, status, updated_at);
 CREATE TABLE IF NOT EXISTS messages(
-    id INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, ticket_id INTEGER NOT NULL,
+    id INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, ticket_id INTEGER,
     contact_id INTEGER NOT NULL, channel TEXT NOT NULL, delivery_key TEXT UNIQUE,
     outcome TEXT NOT NULL, received_at INTEGER NOT NULL, fingerprint TEXT NOT NULL,
     body BLOB NOT NULL, receipt BLOB NOT NULL);
@@ -260,7 +259,7 @@ class SqliteTx:
                          area=tri.area, priority=tri.priority, escalated=tri.escalated,
                          channel=m.channel, created_at=_dt(now), due_at=_dt(_us(plan.due_at)))
 
-    def insert_message(self, *, plan: SubmissionPlan, ticket_id: int, contact_id: int,
+    def insert_message(self, *, plan: SubmissionPlan, ticket_id: int | None, contact_id: int,
                        receipt: StoredReceipt) -> None:
         m = plan.message
         self.conn.execute(
@@ -317,6 +316,19 @@ def _upgrade(conn: sqlite3.Connection) -> None:
     if "verified" not in columns("identities"):
         # Identities linked before claims were told apart keep working as they did.
         conn.execute("ALTER TABLE identities ADD COLUMN verified INTEGER NOT NULL DEFAULT 1")
+    notnull = {row[1]: row[3] for row in conn.execute("PRAGMA table_info(messages)")}
+    if notnull.get("ticket_id"):
+        # SQLite cannot drop a NOT NULL in place: rebuild the table once, in one transaction.
+        ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()[0]
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(ddl.replace("messages(", "messages_v2(", 1)
+                     .replace("ticket_id INTEGER NOT NULL", "ticket_id INTEGER", 1))
+        conn.execute("INSERT INTO messages_v2 SELECT * FROM messages")
+        conn.execute("DROP TABLE messages")
+        conn.execute("ALTER TABLE messages_v2 RENAME TO messages")
+        conn.execute("CREATE INDEX IF NOT EXISTS messages_dedup ON messages(contact_id,"
+                     " fingerprint, received_at)")
+        conn.execute("COMMIT")
     if "unguessable" not in columns("ack_refs"):
         conn.execute("ALTER TABLE ack_refs ADD COLUMN unguessable INTEGER NOT NULL DEFAULT 0")
         # Until now only the mailer's random Message-IDs were worth trusting from anyone.
@@ -350,7 +362,6 @@ class SqliteStore:
         """Create the schema if needed and start the writer thread."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
-        make_private(self.path)  # tickets and contacts: owner-only, like the data dir
         make_private(self.path)  # tickets and contacts: owner-only, like the data dir
         try:
             conn.executescript(_SCHEMA)
