@@ -42,11 +42,14 @@ class ServerConfig(_Section):
     events_token_file: str | None = None
     max_connections: int = 1000
     """Connections open at once on the HTTP listener; beyond it new ones get 503 (0: no limit)."""
-    max_connections_per_peer: int = 64
-    """Connections open at once from one IPv4 address or IPv6 /64 (503 beyond; 0: no limit)."""
-    per_peer_exempt: list[str] = []
+    max_connections_per_peer: int = 128
+    """Connections open at once from one IPv4 address or IPv6 /64 (503 beyond; 0: no limit).
+    Generous because carrier-grade NAT puts many customers behind one IPv4 address."""
+    per_peer_exempt: list[str] = msgspec.field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     """Addresses or networks not held to the per-peer limit: the TLS proxy in front, whose
-    connections carry every customer (they still count towards ``max_connections``)."""
+    connections carry every customer (they still count towards ``max_connections``). Loopback
+    by default, where a proxy on the same host connects from."""
     idle_timeout: float = 15.0
     """Seconds a connection may take to send a complete request head, counted from its opening
     and from each response: bounds idle keep-alive connections and slow headers alike."""

@@ -65,7 +65,7 @@ class ConnectionGate:
             CONNECTIONS_REFUSED.labels(self.listener, "total").inc()
             return "total", key
         held = self._peers.get(key, 0)
-        if self.per_peer and held >= self.per_peer and not self._is_exempt(address):
+        if self.per_peer and held >= self.per_peer and not self.is_exempt(address):
             CONNECTIONS_REFUSED.labels(self.listener, "peer").inc()
             return "peer", key
         self._peers[key] = held + 1
@@ -87,7 +87,8 @@ class ConnectionGate:
         """Connections open now from the peer ``address`` belongs to."""
         return self._peers.get(peer_key(address), 0)
 
-    def _is_exempt(self, address: str) -> bool:
+    def is_exempt(self, address: str) -> bool:
+        """True when ``address`` is in one of the exempt networks."""
         if not self.exempt:
             return False
         try:

@@ -152,7 +152,7 @@ async def test_idle_http_sockets_fill_the_total_limit_then_time_out_and_the_door
 async def test_one_peer_holding_its_share_does_not_stall_anyone_else(
         make_gateway: MakeGateway, sockets: Sockets) -> None:
     gw = await make_gateway("[server]\nmax_connections = 100\nmax_connections_per_peer = 20\n"
-                            "[adapters.webform]\nrate_limit = 0\n")
+                            "per_peer_exempt = []\n[adapters.webform]\nrate_limit = 0\n")
     for _ in range(20):
         await sockets.open(gw.port)
     await until(lambda: gw.http_gate.open == 20)
@@ -165,14 +165,19 @@ async def test_one_peer_holding_its_share_does_not_stall_anyone_else(
     assert (await raw_get(gw.port))[0] == 200
 
 
-async def test_a_proxy_named_in_per_peer_exempt_is_held_to_the_total_only(
-        make_gateway: MakeGateway, sockets: Sockets) -> None:
-    gw = await make_gateway("[server]\nmax_connections = 30\nmax_connections_per_peer = 5\n"
-                            'per_peer_exempt = ["127.0.0.1/32"]\n')
+@pytest.mark.parametrize("exempt", ["", 'per_peer_exempt = ["127.0.0.1/32"]\n'])
+async def test_a_proxy_on_loopback_or_named_in_per_peer_exempt_is_held_to_the_total_only(
+        make_gateway: MakeGateway, sockets: Sockets, exempt: str) -> None:
+    gw = await make_gateway("[server]\nmax_connections = 12\nmax_connections_per_peer = 5\n"
+                            + exempt)
     for _ in range(10):
         await sockets.open(gw.port)
     await until(lambda: gw.http_gate.open == 10)
     assert (await raw_get(gw.port))[0] == 200
+    for _ in range(2):
+        await sockets.open(gw.port)
+    await until(lambda: gw.http_gate.open == 12)
+    assert (await raw_get(gw.port))[0] == 503  # the total still holds
 
 
 async def test_a_slowloris_header_is_cut_off_after_the_idle_timeout(
@@ -250,7 +255,8 @@ async def test_idle_smtp_sessions_get_421_beyond_the_limit_and_http_keeps_servin
 
 async def test_one_smtp_peer_at_its_limit_does_not_stop_another(
         make_gateway: MakeGateway, sockets: Sockets) -> None:
-    gw = await make_gateway(smtp_config("max_connections = 100\nmax_connections_per_peer = 5\n"))
+    gw = await make_gateway(smtp_config("max_connections = 100\nmax_connections_per_peer = 5\n"
+                                        "per_peer_exempt = []\n"))
     smtp = smtp_of(gw)
     for _ in range(5):
         await sockets.open(smtp.port)
@@ -321,7 +327,8 @@ async def test_a_slow_data_phase_is_not_cut_by_the_command_timeout(
 async def test_one_sender_and_one_client_get_450_beyond_their_allowance(
         make_gateway: MakeGateway) -> None:
     gw = await make_gateway(smtp_config("max_messages_per_sender = 3\n"
-                                        "max_messages_per_client = 5\nrate_window = 600.0\n"))
+                                        "max_messages_per_client = 5\nrate_window = 600.0\n"
+                                        "per_peer_exempt = []\n"))
     port = smtp_of(gw).port
     results = [await asyncio.to_thread(_send_one, port, "127.0.0.1", "flood@example.org", n)
                for n in range(4)]
