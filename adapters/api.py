@@ -17,7 +17,8 @@ from gateway.contacts import normalize_email, normalize_phone
 from gateway.contracts import AdapterContext
 from gateway.errors import Forbidden, RejectedInput, Unauthorized
 from gateway.intake import IntakeService, now_utc
-from schemas import Contact, CustomerType, InboundMessage, Kind, ThreadHints
+from schemas import Contact, InboundMessage, ThreadHints
+from schemas.api import ApiMessage
 
 
 class ApiConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -35,37 +36,6 @@ class ApiConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     is refused with 409, so a retry is signed afresh and carries the same Idempotency-Key."""
     default_region: str = "CN"
     """Region used to read phone numbers written without a country code."""
-
-
-class ApiContact(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    chat_ids: dict[str, str] = {}
-
-
-class ApiAttachment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    content_type: str = "application/octet-stream"
-    data: bytes
-    """Base64 in JSON."""
-
-
-class ApiMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The request body of ``POST /v1/messages``."""
-
-    contact: ApiContact
-    subject: str = ""
-    text: str = ""
-    locale: str | None = None
-    customer_type: CustomerType | None = None
-    order_number: str | None = None
-    device_model: str | None = None
-    kind: Kind | None = None
-    ticket_number: str | None = None
-    in_reply_to: str | None = None
-    attachments: list[ApiAttachment] = []
-    metadata: dict[str, str] = {}
 
 
 _decoder = msgspec.json.Decoder(ApiMessage)

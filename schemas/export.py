@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.api import ApiMessage
 from schemas.asyncapi import asyncapi_document
 from schemas.events import (
     AckFailed,
@@ -18,12 +19,13 @@ from schemas.events import (
 )
 from schemas.message import InboundMessage, Receipt
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 """The event contract's version: the minor part grows with every added field."""
 
 SCHEMAS: dict[str, Any] = {
     "inbound-message": InboundMessage,
     "receipt": Receipt,
+    "api-message": ApiMessage,
     "event": Event,
     "event.ticket.created": TicketCreated,
     "event.ticket.message_added": MessageAdded,

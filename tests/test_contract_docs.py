@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from adapters.api import sign_request
 from gateway.testing.harness import read_events
@@ -47,3 +48,15 @@ async def test_real_events_match_the_committed_json_schema(make_gateway: MakeGat
     for event in events:
         jsonschema.validate(event, schema)
         assert event["specversion"] == "1.0"
+
+
+def test_the_api_request_body_is_published_as_json_schema() -> None:
+    schema = json.loads((ROOT / "schemas/json/api-message.json").read_text())
+    good = {"contact": {"name": "李雷", "phone": "+8613800138000"}, "text": "订单1234一直没有发货",
+            "locale": "zh-CN", "ticket_number": "CX-20261123-00042-7",
+            "in_reply_to": "abc@gw.example"}
+    jsonschema.validate(good, schema)
+    props = schema["$defs"]["ApiMessage"]["properties"]
+    assert {"ticket_number", "in_reply_to", "contact", "text", "attachments"} <= set(props)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**good, "unknown": 1}, schema)
