@@ -63,7 +63,8 @@ class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     timeout: float = 10.0
     """Seconds for one request, from connecting to the end of the response."""
     attempts: int = 3
-    """Tries per event inside one publish before it fails with TransientError (relay retries)."""
+    """Tries per event inside one publish for 408, 429, 5xx, timeouts and connection errors
+    before it fails with TransientError (then the relay retries, after its backoff)."""
     backoff: float = 0.2
     """Base of the exponential backoff between tries, in seconds (full jitter)."""
     max_retry_after: float = 10.0
