@@ -109,6 +109,11 @@ class QueueConfig(_Section):
     """Largest event handed to the broker (NATS's default max_payload is 1 MiB); a larger one is
     dead-lettered unsent, "too large for the broker". 0: no cap."""
 
+    def __post_init__(self) -> None:
+        # msgspec reports a ValueError raised here as a ValidationError: a ConfigError at start.
+        if self.max_event_bytes < 0 or self.max_backoff <= 0 or self.max_attempts < 1:
+            raise ValueError("queue: max_event_bytes >= 0, max_backoff > 0, max_attempts >= 1")
+
 
 class Config(_Section):
     """The root of ``gateway.toml``; every key is documented in ``deploy/gateway.example.toml``."""

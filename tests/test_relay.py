@@ -11,8 +11,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from gateway.config import parse_config
 from gateway.contracts import OutboundEvent
+from gateway.errors import ConfigError
 from gateway.relay import read_dead_letters, read_outbound
 from gateway.runtime import Gateway
 from gateway.testing.harness import read_events
@@ -97,6 +100,12 @@ async def test_gateway_starts_and_accepts_with_the_broker_down(
 
 
 # --- order per ticket across a dead letter, per-event backoff, size cap (issue 9) --------------
+
+
+@pytest.mark.parametrize("line", ["max_event_bytes = -1", "max_backoff = 0", "max_attempts = 0"])
+def test_queue_limits_are_checked_at_start(line: str) -> None:
+    with pytest.raises(ConfigError, match="queue"):
+        parse_config(f"[queue]\n{line}\n")
 
 
 def webhook_toml(harness: WebhookHarness, **queue: object) -> str:

@@ -14,7 +14,8 @@ What it checks: a batch arrives once, in order per ticket, bodies byte-identical
 published again (a relay retry) deduplicates by event id on the consumer side, and on brokers that
 deduplicate themselves nothing arrives twice while publish still succeeds; high-priority events,
 and only those, also arrive on the escalation route; a publisher closed and started again (or a
-new one) publishes; 1,000 events of 1 KB arrive complete and in order; an unreachable broker gives
+new one) publishes; 1,000 events of 1 KB arrive complete and in order; events as large as the
+relay lets through by default (``queue.max_event_bytes``) arrive; an unreachable broker gives
 :class:`~gateway.errors.TransientError` within a bounded time instead of a hang.
 """
 
@@ -34,6 +35,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from gateway.config import QueueConfig
 from gateway.contracts import PUBLISHER_GROUP, OutboundEvent, Publisher
 from gateway.errors import TransientError
 from schemas.events import (
@@ -59,6 +61,7 @@ __all__ = [
     "test_closed_publisher_starts_again",
     "test_empty_batch_is_a_no_op",
     "test_escalation_route_carries_high_priority_only",
+    "test_event_at_the_size_cap_arrives",
     "test_large_batch_arrives_complete_and_ordered",
     "test_republished_batch_deduplicates_by_id",
     "test_unreachable_broker_is_transient_and_bounded",
@@ -411,3 +414,20 @@ async def test_empty_batch_is_a_no_op(publisher_harness: PublisherHarness) -> No
     finally:
         await publisher.close()
     assert await publisher_harness.received(0, timeout=0.1) == []
+
+
+@pytest.mark.asyncio
+async def test_event_at_the_size_cap_arrives(publisher_harness: PublisherHarness) -> None:
+    # The relay refuses larger events before publishing, so the default cap must fit every
+    # broker with its default limits (NATS: max_payload 1 MiB).
+    cap = QueueConfig().max_event_bytes
+    events = make_events(3, body_size=cap)
+    assert all(len(e.body) == cap for e in events)
+    publisher = await _started(publisher_harness)
+    try:
+        await asyncio.wait_for(publisher.publish(events), ARRIVAL_TIMEOUT)
+    finally:
+        await publisher.close()
+    got = await publisher_harness.received(len(events) + len(_high(events)),
+                                           timeout=ARRIVAL_TIMEOUT)
+    _assert_route(_route(got, escalation=False), events)
