@@ -83,6 +83,10 @@ class IntakeConfig(_Section):
     max_text_chars: int = 100_000
     max_attachment_bytes: int = 10_485_760
     max_attachments: int = 10
+    event_inline_bytes: int = 65_536
+    """Most UTF-8 bytes of text, sanitized HTML and metadata an event carries inline, well under
+    the smallest broker's message limit (NATS: 1 MiB). Beyond it the event says ``truncated``
+    and the whole message is fetched by reference (``body_url``, with the events token)."""
 
 
 class AttachmentsConfig(_Section):

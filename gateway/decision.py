@@ -16,6 +16,7 @@ from typing import Protocol
 import msgspec
 
 from gateway.ids import new_id
+from gateway.inline import fit_inline
 from gateway.numbering import TicketNumbering
 from gateway.triage import TriageResult
 from schemas import (
@@ -72,6 +73,10 @@ class SubmissionPlan(msgspec.Struct, frozen=True, kw_only=True):
     verified: bool = True
     """The sender's identities are vouched for by the channel (``Contact.verified_by``); False
     for claims (web form, unsigned API), which never join another contact's ticket unseen."""
+    inline_bytes: int = 65_536
+    """Budget of the event's inline words (``intake.event_inline_bytes``, gateway/inline.py)."""
+    public_url: str = ""
+    """The gateway's public base URL, for the event's ``body_url``; empty for none."""
     owner_routes: list[tuple[str, str, OutboxAck]] = []
     """For claims: ``(identity kind, value, ack)`` routes by which a ticket's owner can be told
     of a follow-up. A claimed follow-up joins a ticket only through a route to an identity that
@@ -360,8 +365,13 @@ def _ticket_view(t: TicketRow) -> TicketView:
 
 def _message_view(plan: SubmissionPlan) -> MessageView:
     m = plan.message
+    part = fit_inline(subject=m.subject, text=m.text, html=m.html, metadata=m.metadata,
+                      budget=plan.inline_bytes)
     return MessageView(id=plan.message_uid, channel=m.channel, received_at=m.received_at,
-                       subject=m.subject, text=m.text, html=m.html, attachments=m.attachments,
-                       locale=m.locale, auto_submitted=m.auto_submitted,
-                       order_number=m.order_number, device_model=m.device_model,
-                       metadata=m.metadata, verified_by=m.contact.verified_by)
+                       subject=part.subject, text=part.text, html=part.html,
+                       attachments=m.attachments, locale=m.locale,
+                       auto_submitted=m.auto_submitted, order_number=m.order_number,
+                       device_model=m.device_model, metadata=part.metadata,
+                       verified_by=m.contact.verified_by, truncated=part.truncated,
+                       body_url=f"{plan.public_url}/v1/messages/{plan.message_uid}"
+                       if plan.public_url else None)

@@ -6,6 +6,7 @@
     ├── ConfigError          the operator: bad or missing configuration; the process does not start
     ├── RejectedInput        the sender: HTTP 4xx / SMTP 5xx with ``reason`` a person can act on
     │   ├── Unauthorized     missing, bad or replayed signature (HTTP 401/403)
+    │   ├── NotFound         what the request names does not exist (HTTP 404)
     │   ├── TooLarge         over a size limit (HTTP 413 / SMTP 552)
     │   └── RateLimited      too many requests from one sender (HTTP 429 / SMTP 450)
     ├── TransientError       retry later: store or broker unavailable (HTTP 503 / SMTP 451)
@@ -53,6 +54,13 @@ class Forbidden(RejectedInput):
     """Authenticated but not allowed (e.g. a signature that does not match)."""
 
     status = 403
+    smtp_code = 550
+
+
+class NotFound(RejectedInput):
+    """The request names a message, file or ticket that does not exist (or no longer does)."""
+
+    status = 404
     smtp_code = 550
 
 

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
 
-from gateway.errors import RateLimited, RejectedInput, TransientError
+from gateway.errors import RateLimited, RejectedInput, TransientError, Unauthorized
 from gateway.limits import ConnectionGate
+from gateway.message_fetch import message_routes
 from gateway.queues.embedded import frame_events
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ def create_app(gw: Gateway) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/events", events)
+    app.router.add_routes(message_routes(gw.store, gw.attachments,
+                                         lambda r: check_events_token(r, gw.events_token)))
     for adapter in gw.adapters:
         app.router.add_routes(list(adapter.routes()))
     return app
@@ -227,6 +230,16 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
+def check_events_token(request: web.Request, token: str | None) -> None:
+    """Refuse with 401 unless ``Authorization: Bearer <token>`` (when a token is configured)."""
+    if token is None:
+        return
+    # Undecodable header bytes arrive as surrogates; compare them as the bytes they were.
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+        raise Unauthorized("a valid bearer token is required")
+
+
 async def events(request: web.Request) -> web.Response:
     """``GET /v1/events?after=SEQ&limit=N&wait=S``: the embedded log, long-polled.
 
@@ -235,10 +248,7 @@ async def events(request: web.Request) -> web.Response:
     arrives. Requires ``Authorization: Bearer <token>`` when an events token is configured.
     """
     gw: Gateway = request.app[RUNTIME]  # type: ignore[assignment]
-    if gw.events_token is not None:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {gw.events_token}".encode()):
-            return web.json_response({"error": "a valid bearer token is required"}, status=401)
+    check_events_token(request, gw.events_token)
     try:
         after = int(request.query.get("after", "0"))
         limit = min(max(int(request.query.get("limit", "100")), 1), 1000)

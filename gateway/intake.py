@@ -57,7 +57,7 @@ class IntakeService:
 
     def __init__(self, config: Config, store: RunsDecision, attachments: AttachmentStore,
                  *, sms_ack_available: bool = False,
-                 ack_channels: frozenset[str] | None = None) -> None:
+                 ack_channels: frozenset[str] | None = None, public_url: str = "") -> None:
         self.config = config
         self.store = store
         self.attachments = attachments
@@ -72,6 +72,8 @@ class IntakeService:
                              else frozenset({"sms"}) if sms_ack_available else frozenset())
         """Outbox channels some enabled adapter can send on (``email``, ``sms``...)."""
         self.sms_ack_available = "sms" in self.ack_channels
+        self.public_url = public_url.rstrip("/")
+        """Base of the ``body_url`` events carry; empty leaves them out."""
 
     async def store_attachment(self, data: bytes, *, name: str, content_type: str) -> Attachment:
         return await self.attachments.put(data, name=name, content_type=content_type)
@@ -195,6 +197,8 @@ class IntakeService:
             event_source=self.config.intake.event_source,
             verified=verified,
             owner_routes=owner_routes,
+            inline_bytes=self.config.intake.event_inline_bytes,
+            public_url=self.public_url,
         )
 
 

@@ -79,12 +79,13 @@ class Gateway:
         senders = [cls for kind, cls in self.adapter_classes.items()
                    if getattr(self.adapter_configs[kind], "enabled", True)
                    and getattr(cls, "ack_channels", ())]
-        self.intake = IntakeService(
-            config, self.store, self.attachments,
-            sms_ack_available=any("sms" in getattr(c, "ack_channels", ()) for c in senders))
         public_url = (config.server.public_url
                       or f"http://{self.host if ':' not in self.host else f'[{self.host}]'}"
                          f":{self.port}").rstrip("/")
+        self.intake = IntakeService(
+            config, self.store, self.attachments,
+            ack_channels=frozenset(ch for c in senders for ch in getattr(c, "ack_channels", ())),
+            public_url=public_url)
         self.context = AdapterContext(data_dir=str(self.data_dir), public_url=public_url,
                                       listen_host=self.host,
                                       default_locale=config.intake.default_locale,

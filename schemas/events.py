@@ -46,6 +46,12 @@ class MessageView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     metadata: dict[str, str] = {}
     verified_by: str | None = None
     """Who vouched for the sender's identities (``Contact.verified_by``); None for a claim."""
+    truncated: bool = False
+    """True when subject, text, HTML or metadata were cut to fit the event
+    (``intake.event_inline_bytes``): fetch the whole message at ``body_url``."""
+    body_url: str | None = None
+    """The whole stored message as JSON (``InboundMessage``), with the events token as bearer;
+    each attachment at ``{body_url}/attachments/{sha256}``."""
 
 
 class TicketView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -492,6 +492,13 @@ class SqliteStore:
 
     # -- reads used by the embedded queue and the CLI -------------------------------------
 
+    async def message_body(self, uid: str) -> bytes | None:
+        """The stored ``InboundMessage`` (msgpack) of message ``uid``, or None."""
+        def one(c: sqlite3.Connection) -> bytes | None:
+            row = c.execute("SELECT body FROM messages WHERE uid = ?", (uid,)).fetchone()
+            return None if row is None else bytes(row[0])
+        return await self.read(one)
+
     async def events_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
         """Committed events with ``seq > after``, oldest first, at most ``limit``."""
         return await self.read(lambda c: read_events(c, after, limit))

@@ -1,0 +1,73 @@
+"""The by-reference half of events: a whole stored message and its attachments, over HTTP.
+
+An event carries at most ``intake.event_inline_bytes`` of words (gateway/inline.py) and each
+attachment only by sha256; its ``body_url`` names ``GET /v1/messages/{id}``, and each file is at
+``GET /v1/messages/{id}/attachments/{sha256}``. Both take the events token, like ``/v1/events``:
+whoever may read the event stream may read what it refers to, and nobody else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Protocol
+
+import msgspec
+from aiohttp import web
+
+from gateway.attachments import AttachmentStore
+from gateway.errors import NotFound, RejectedInput
+from schemas import InboundMessage
+
+_UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+_decode = msgspec.msgpack.Decoder(InboundMessage).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class StoredMessages(Protocol):
+    """The store's read of one message (gateway/store/)."""
+
+    async def message_body(self, uid: str) -> bytes | None:
+        """The stored ``InboundMessage`` (msgpack) of message ``uid``, or None."""
+        ...
+
+
+def message_routes(store: StoredMessages, files: AttachmentStore,
+                   authorize: Callable[[web.Request], None]) -> list[web.RouteDef]:
+    """The two GET routes; ``authorize`` raises for a request without the events token."""
+
+    async def load(request: web.Request) -> InboundMessage:
+        authorize(request)
+        uid = request.match_info["uid"]
+        if not _UID.match(uid):
+            raise RejectedInput("not a message id: use the id (or body_url) of an event")
+        body = await store.message_body(uid)
+        if body is None:
+            raise NotFound("no message with that id")
+        return _decode(body)
+
+    async def whole(request: web.Request) -> web.Response:
+        message = await load(request)
+        return web.Response(body=_encode(message), content_type="application/json",
+                            headers={"Cache-Control": "no-store"})
+
+    async def attachment(request: web.Request) -> web.StreamResponse:
+        message = await load(request)
+        sha = request.match_info["sha256"]
+        # Only files of this message: the URL names both, so one cannot probe the store.
+        found = next((a for a in message.attachments if _SHA.match(sha) and a.sha256 == sha),
+                     None)
+        if found is None:
+            raise NotFound("that message has no attachment with this sha256")
+        path = files.path_of(sha)
+        if not path.is_file():
+            raise NotFound("the attachment was purged")
+        return web.FileResponse(path, headers={
+            "Content-Type": found.content_type if "/" in found.content_type
+            else "application/octet-stream",
+            "Content-Disposition": "attachment",
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+    return [web.get("/v1/messages/{uid}", whole),
+            web.get("/v1/messages/{uid}/attachments/{sha256}", attachment)]
