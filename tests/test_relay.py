@@ -280,8 +280,9 @@ async def test_a_receiver_answering_401_for_a_while_loses_nothing(
 
 # --- resume soon after an outage ---------------------------------------------------------------
 
-RESUME_BOUND = 8.0
-"""Seconds from the broker's return to every waiting event delivered (the backoff cap is 5 s)."""
+RESUME_BOUND = 10.0
+"""Seconds from the broker's return to every waiting event delivered: the backoff cap (5 s),
+the client's reconnection and room for a loaded machine (measured: 2.8 to 5 s)."""
 FAILURES_BEFORE_RETURN = 9
 """Failed publishes before the broker comes back: past them an uncapped (or 30 s) backoff waits
 longer than RESUME_BOUND, a capped one does not."""
