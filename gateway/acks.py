@@ -36,22 +36,23 @@ _TEXTS: dict[str, dict[str, str]] = {
         "created": "Thank you for contacting us. Your request has been registered under ticket "
                    "number {number}. We will answer by {due}. Please quote this number if you "
                    "write to us again about it.",
-        "duplicate": "We already have this request under ticket number {number}, so we have "
-                     "not opened a new one. We will answer by {due}.",
+        # The sentence without digits last: an SMS that must be shortened drops it first.
+        "duplicate": "We already have this request under ticket number {number}. We will "
+                     "answer by {due}. We have not opened a new one.",
         "followup": "Your message has been added to ticket {number}. We will answer by {due}.",
     },
     "zh-CN": {
         "created": "感谢您的来信。您的请求已受理，工单编号：{number}。我们将在{due}前答复您。"
                    "如需补充，请注明此编号。",
-        "duplicate": "您的请求已在处理中，工单编号：{number}，无需重复提交。"
-                     "我们将在{due}前答复您。",
+        "duplicate": "您的请求已在处理中，工单编号：{number}。我们将在{due}前答复您。"
+                     "无需重复提交。",
         "followup": "您的补充信息已加入工单 {number}。我们将在{due}前答复您。",
     },
     "zh-TW": {
         "created": "感謝您的來信。您的請求已受理，工單編號：{number}。我們將在{due}前答覆您。"
                    "如需補充，請註明此編號。",
-        "duplicate": "您的請求已在處理中，工單編號：{number}，無需重複提交。"
-                     "我們將在{due}前答覆您。",
+        "duplicate": "您的請求已在處理中，工單編號：{number}。我們將在{due}前答覆您。"
+                     "無需重複提交。",
         "followup": "您的補充資訊已加入工單 {number}。我們將在{due}前答覆您。",
     },
 }

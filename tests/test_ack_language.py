@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import aiohttp
 import pytest
@@ -14,9 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.smtp import SmtpAdapter
-from gateway.acks import SUPPORTED_LOCALES, ack_locale, pick_locale
+from adapters.twilio import one_segment, sms_ack_text
+from gateway.acks import SUPPORTED_LOCALES, ack_locale, pick_locale, render_ack
 from gateway.language import detect_language, message_language
 from gateway.runtime import Gateway
+from gateway.sla import BusinessCalendar, CalendarConfig
 from gateway.testing.drivers import first_number
 from gateway.testing.drivers_mail import customer_mail, smtp_transaction
 from gateway.testing.harness import read_events
@@ -251,3 +254,20 @@ async def test_api_answer_follows_the_words_not_the_browser(
     hong_kong = await post({"contact": {"email": "d@example.org"}, "text": "故障",
                             "locale": "zh-HK"}, "en")
     assert hong_kong["acknowledgement"]["locale"] == "zh-TW"
+
+
+@pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
+@pytest.mark.parametrize("outcome", ["created", "duplicate", "followup", "replayed"])
+def test_an_acknowledgement_cut_to_one_sms_keeps_the_number_and_the_zone(
+        locale: str, outcome: str) -> None:
+    calendar = BusinessCalendar(CalendarConfig())
+    zone = {"zh-CN": "（北京时间）", "zh-TW": "（北京時間）", "en": "(China Standard Time)"}[locale]
+    number = "CX-20260930-00123-4"
+    # The longest dates: Wednesday 30 September in English, 12月31日（星期三） in Chinese.
+    for due in (datetime(2026, 9, 30, 2, 0, tzinfo=UTC), datetime(2025, 12, 31, 2, 0, tzinfo=UTC)):
+        ack = render_ack(number=number, outcome=outcome,  # type: ignore[arg-type]
+                         due_at=due, locale=locale, calendar=calendar)
+        assert zone in ack.text
+        sms = sms_ack_text(ack)
+        assert one_segment(sms)
+        assert number in sms and zone in sms, sms
