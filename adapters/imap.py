@@ -462,6 +462,13 @@ class ImapAdapter:
         for box in self.mailboxes:
             box.task = asyncio.create_task(box.run(), name=f"imap:{box.name}")
 
+    def not_ready(self) -> str | None:
+        """A mailbox whose watcher ended without being asked to, or None."""
+        for box in self.mailboxes:
+            if box.task is not None and box.task.done():
+                return f"the watcher of IMAP mailbox {box.name!r} ended"
+        return None
+
     async def stop(self) -> None:
         """Let batches in progress finish their submit and flag, then log out."""
         for box in self.mailboxes:

@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from gateway.config import split_listen
 from gateway.contracts import AdapterContext
 from gateway.decision import OutboxAck
-from gateway.errors import ConfigError, RejectedInput, TransientError
+from gateway.errors import ConfigError, RejectedInput, StorageFull, TransientError
 from gateway.intake import now_utc
 from gateway.limits import ConnectionGate, TokenBuckets, peer_key
 from gateway.mail.keep import keep_raw, store_mail_attachments
@@ -270,6 +270,12 @@ class SmtpAdapter:
                         "names addresses or domains", self.host, self.port)
         log.info("SMTP listening on %s:%s", self.host, self.port)
 
+    def not_ready(self) -> str | None:
+        """Why the listener is not taking mail although it was started, or None."""
+        if self._server is not None and not self._closing and not self._server.is_serving():
+            return "the SMTP listener stopped serving"
+        return None
+
     async def stop(self) -> None:
         """Stop listening, let transactions in DATA finish their submit, close the sessions."""
         self._closing = True
@@ -360,6 +366,9 @@ class SmtpAdapter:
             SMTP_MESSAGES.labels("refused").inc()
             code = exc.smtp_code
             return f"{code} {_ENHANCED.get(code, '5.6.0')} {_reply_text(exc.reason)}"
+        except StorageFull:
+            SMTP_MESSAGES.labels("deferred").inc()
+            return "451 4.3.1 insufficient storage, try again later"
         except TransientError:
             SMTP_MESSAGES.labels("deferred").inc()
             return "451 4.3.0 temporarily unable to accept the message, try again later"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import re
 import unicodedata
 from pathlib import Path
 
-from gateway.errors import TooLarge
+from gateway.errors import StorageFull, TooLarge
 from gateway.files import write_durably
 from schemas import Attachment
 
@@ -45,7 +46,12 @@ class AttachmentStore:
             raise TooLarge(f"attachment {safe_filename(name)!r} is {len(data)} bytes; "
                            f"the limit is {self.max_bytes} bytes")
         digest = hashlib.sha256(data).hexdigest()
-        await asyncio.to_thread(self._write, digest, data)
+        try:
+            await asyncio.to_thread(self._write, digest, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("no room left on the attachment store's disk") from exc
+            raise
         ctype = content_type.split(";")[0].strip().lower() or "application/octet-stream"
         return Attachment(name=safe_filename(name), content_type=ctype, size=len(data),
                           sha256=digest)

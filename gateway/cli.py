@@ -105,8 +105,22 @@ def _schema(out: str | None) -> int:
     return 0
 
 
+def _open_offsets(path: Path) -> sqlite3.Connection | None:
+    """The consumers' positions, or None (said once) when they cannot be written."""
+    try:
+        offsets = sqlite3.connect(path, isolation_level=None)
+        offsets.execute("PRAGMA journal_mode = WAL")
+        offsets.execute("CREATE TABLE IF NOT EXISTS consumers(name TEXT PRIMARY KEY,"
+                        " position INTEGER NOT NULL)")
+    except sqlite3.OperationalError as exc:
+        print(f"intake-gateway: positions are not kept ({exc}); reading anyway", file=sys.stderr)
+        return None
+    make_private(path)  # consumer names and positions: owner-only
+    return offsets
+
+
 def _tail(args: argparse.Namespace) -> int:
-    from gateway.store.sqlite import read_events
+    from gateway.store.sqlite import connect, read_events
 
     data_dir = Path(args.data_dir)
     db_path = data_dir / "intake.sqlite3"
@@ -115,15 +129,13 @@ def _tail(args: argparse.Namespace) -> int:
             print(f"intake-gateway: no store at {db_path}", file=sys.stderr)
             return 1
         time.sleep(0.5)
-    events = sqlite3.connect(db_path, isolation_level=None)
-    events.execute("PRAGMA busy_timeout = 10000")
-    offsets = sqlite3.connect(data_dir / "consumers.sqlite3", isolation_level=None)
-    offsets.execute("PRAGMA journal_mode = WAL")
-    offsets.execute("CREATE TABLE IF NOT EXISTS consumers(name TEXT PRIMARY KEY,"
-                    " position INTEGER NOT NULL)")
-    make_private(data_dir / "consumers.sqlite3")  # consumer names and positions: owner-only
-    row = offsets.execute("SELECT position FROM consumers WHERE name = ?",
-                          (args.consumer,)).fetchone()
+    # Read-only: reading what was taken in must work on a full disk or a read-only mount.
+    events = connect(db_path, readonly=True)
+    offsets = _open_offsets(data_dir / "consumers.sqlite3")
+    row = None
+    if offsets is not None and not args.from_start:
+        row = offsets.execute("SELECT position FROM consumers WHERE name = ?",
+                              (args.consumer,)).fetchone()
     position = 0 if args.from_start or row is None else int(row[0])
     out = sys.stdout.buffer
     printed = 0
@@ -141,9 +153,14 @@ def _tail(args: argparse.Namespace) -> int:
             # Commit the position only after the lines are out: at least once, never skipped.
             position = rows[-1][0]
             printed += len(rows)
-            offsets.execute("INSERT INTO consumers(name, position) VALUES (?, ?) ON CONFLICT(name)"
-                            " DO UPDATE SET position = excluded.position",
-                            (args.consumer, position))
+            if offsets is not None:
+                try:
+                    offsets.execute("INSERT INTO consumers(name, position) VALUES (?, ?)"
+                                    " ON CONFLICT(name) DO UPDATE SET position = excluded.position",
+                                    (args.consumer, position))
+                except sqlite3.OperationalError as exc:
+                    print(f"intake-gateway: the position is not saved: {exc}", file=sys.stderr)
+                    offsets = None
         if args.max and printed >= args.max:
             return 0
         if not rows:

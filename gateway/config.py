@@ -112,6 +112,9 @@ class QueueConfig(_Section):
     max_event_bytes: int = 524_288
     """Largest event handed to the broker (NATS's default max_payload is 1 MiB); a larger one is
     dead-lettered unsent, "too large for the broker". 0: no cap."""
+    stuck_after: float = 60.0
+    """Seconds the relay may go without moving (no publish returning, no backoff) while events
+    wait before ``/readyz`` says so. A broker that is merely down does not make it stuck."""
 
     def __post_init__(self) -> None:
         # msgspec reports a ValueError raised here as a ValidationError: a ConfigError at start.

@@ -10,6 +10,7 @@
     │   ├── TooLarge         over a size limit (HTTP 413 / SMTP 552)
     │   └── RateLimited      too many requests from one sender (HTTP 429 / SMTP 450)
     ├── TransientError       retry later: store or broker unavailable (HTTP 503 / SMTP 451)
+    │   └── StorageFull      the disk under the data directory is full (SMTP 451 4.3.1)
     └── PermanentError       will never succeed: dead-letter it, do not retry
 
 Foreign exceptions are translated once, at the boundary that sees them, to the most specific
@@ -89,6 +90,12 @@ class TransientError(IntakeError):
     """
 
     retry_after: float | None = None
+
+
+class StorageFull(TransientError):
+    """No room left to keep the message durably (ENOSPC, EDQUOT, SQLITE_FULL).
+
+    Nothing was accepted; the sender retries once the operator has made room."""
 
 
 class PermanentError(IntakeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -76,3 +77,20 @@ def _drop_group_other(path: Path, mode: int) -> None:
             os.chmod(path, mode)
     except FileNotFoundError:
         pass  # removed meanwhile (a temporary file)
+
+
+def probe_disk(directory: Path, size: int = 65_536) -> None:
+    """Write, fsync and remove ``size`` bytes in ``directory``; OSError when the disk is full.
+
+    SQLite may reuse WAL space on a full disk and still commit a tiny probe; a fresh file
+    needs the free blocks every new attachment and raw mail needs too.
+    """
+    probe = directory / ".ready-probe"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * size)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()

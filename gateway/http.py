@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
 
-from gateway.errors import RateLimited, RejectedInput, TransientError, Unauthorized
+from gateway.errors import (
+    RateLimited,
+    RejectedInput,
+    StorageFull,
+    TransientError,
+    Unauthorized,
+)
 from gateway.limits import ConnectionGate
 from gateway.message_fetch import message_routes
 from gateway.queues.embedded import frame_events
@@ -56,6 +62,10 @@ async def errors_middleware(request: web.Request, handler):  # type: ignore[no-u
         return await handler(request)
     except RejectedInput as exc:
         return error_response(exc)
+    except StorageFull:
+        log.warning("no room left to store a message (%s %s)", request.method, request.path)
+        return web.json_response({"error": "insufficient storage on our side, please retry "
+                                           "later"}, status=503, headers={"Retry-After": "30"})
     except TransientError:
         log.warning("transient failure on %s %s", request.method, request.path, exc_info=True)
         return web.json_response({"error": "temporarily unavailable, please retry"}, status=503,
@@ -212,12 +222,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the store accepts a write round-trip."""
+    """Readiness: a real write to the store and the disk, no stuck relay, no listener down.
+
+    Answers ``{"status": "ready"}`` or 503 with ``{"status": "not ready", "problems": {...}}``
+    naming each failed check (``store``, ``disk``, ``relay``, an adapter's kind).
+    """
     gw: Gateway = request.app[RUNTIME]  # type: ignore[assignment]
-    try:
-        await gw.store.run(lambda tx: None)
-    except TransientError:
-        return web.json_response({"status": "store unavailable"}, status=503)
+    problems = await gw.readiness()
+    if problems:
+        return web.json_response({"status": "not ready", "problems": problems}, status=503)
     return web.json_response({"status": "ready"})
 
 

@@ -132,6 +132,10 @@ def too_large(event: OutboundEvent, max_event_bytes: int) -> str | None:
     return None
 
 
+STUCK_AFTER = 60.0
+"""Seconds without the loop going round, with events waiting, before readiness fails."""
+
+
 class EventRelay:
     """Drains the outbox into one publisher; see the module docstring."""
 
@@ -154,6 +158,22 @@ class EventRelay:
         """Tickets held behind a dead letter: subject -> seq of its first dead letter."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.alive_at = time.monotonic()
+        """When the loop last went round (read, published, or backed off)."""
+
+    def stuck(self, *, after: float = STUCK_AFTER) -> str | None:
+        """Why the relay is not moving events that wait for it, or None (readiness)."""
+        task = self._task
+        if task is not None and task.done() and not task.cancelled():
+            exc = task.exception()
+            return f"the relay stopped: {type(exc).__name__ if exc else 'ended'}"
+        idle = time.monotonic() - self.alive_at
+        if self.store.last_seq > self.position and idle > after:
+            # A broker that is down keeps the loop going round (backoff); a publish call that
+            # never returns, or a loop that died, does not.
+            return f"no progress for {idle:.0f} s with {self.store.last_seq - self.position} " \
+                   "events waiting"
+        return None
 
     async def start(self, *, connected: bool) -> None:
         """Load the position and held tickets, start draining (connecting first unless
@@ -184,6 +204,7 @@ class EventRelay:
                 await self.publisher.start()
                 return
             except TransientError as exc:
+                self.alive_at = time.monotonic()
                 attempt += 1
                 RELAY_FAILURES.labels("connect").inc()
                 delay = self.backoff.delay(attempt)
@@ -195,6 +216,7 @@ class EventRelay:
         if not self._connected:
             await self._connect()
         while True:
+            self.alive_at = time.monotonic()
             batch = await self.store.read(
                 lambda c: read_outbound(c, self.position, self.batch_size))
             RELAY_LAG.set(max(0, self.store.last_seq - self.position))
@@ -204,6 +226,7 @@ class EventRelay:
                 if self.store.last_seq > self.position:
                     continue
                 await self._wake.wait()
+                self.alive_at = time.monotonic()
                 continue
             sendable = await self._screen(batch)
             if not sendable:
@@ -218,6 +241,7 @@ class EventRelay:
             try:
                 await self.publisher.publish(sendable)
             except TransientError as exc:
+                self.alive_at = time.monotonic()
                 RELAY_FAILURES.labels("transient").inc()
                 self.failures += 1
                 retry_after = getattr(exc, "retry_after", None)

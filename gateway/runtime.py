@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import signal
 from pathlib import Path
@@ -21,8 +22,8 @@ from gateway.config import (
     split_listen,
 )
 from gateway.contracts import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterContext
-from gateway.errors import ConfigError, TransientError
-from gateway.files import make_private_dir, make_private_tree
+from gateway.errors import ConfigError, StorageFull, TransientError
+from gateway.files import make_private_dir, make_private_tree, probe_disk
 from gateway.http import GatedSite, create_app
 from gateway.intake import IntakeService
 from gateway.limits import ConnectionGate, raise_open_file_limit
@@ -180,6 +181,26 @@ class Gateway:
                         "(%d) for SMTP, the store and outgoing connections; raise the hard "
                         "limit (LimitNOFILE=) or lower server.max_connections",
                         wanted or "unlimited", soft)
+
+    async def readiness(self) -> dict[str, str]:
+        """What stops this replica from taking messages now, by check; empty when ready."""
+        problems: dict[str, str] = {}
+        try:
+            await self.store.probe_write()
+        except TransientError as exc:
+            problems["store"] = str(exc) if isinstance(exc, StorageFull) else "cannot write"
+        try:
+            await asyncio.to_thread(probe_disk, self.data_dir)
+        except OSError as exc:
+            problems["disk"] = os.strerror(exc.errno) if exc.errno else "cannot write"
+        if self.relay is not None and (
+                why := self.relay.stuck(after=self.config.queue.stuck_after)):
+            problems["relay"] = why
+        for adapter in self.adapters:
+            check = getattr(adapter, "not_ready", None)
+            if check is not None and (why := check()):
+                problems[adapter.kind] = why
+        return problems
 
     @property
     def url(self) -> str:

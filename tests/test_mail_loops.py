@@ -234,3 +234,21 @@ async def test_two_gateways_behind_a_header_stripping_forwarder_stop_at_the_limi
                   if e["type"] == "ack.failed" and "per-recipient limit" in e["data"]["reason"]]
     assert suppressed, "the limit stopped the loop and said so"
     assert not capture.forward_errors
+
+
+async def test_a_person_repeating_an_automated_mail_opens_a_ticket(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    # The automated message has no ticket: it must not be taken for the first of a duplicate.
+    gw = await make_gateway(config(capture))
+    sender = "desk@customers.example.org"
+    robot = await send(gw, customer_mail(sender=sender, subject="Printer",
+                                         text="The printer on floor 2 is broken.",
+                                         message_id="r1@x",
+                                         headers={"Auto-Submitted": "auto-replied"}),
+                       sender=sender)
+    person = await send(gw, customer_mail(sender=sender, subject="Printer",
+                                          text="The printer on floor 2 is broken.",
+                                          message_id="p1@x"),
+                        sender=sender)
+    assert robot.text.endswith("recorded (automated)")
+    assert person.code == 250 and person.ticket is not None and person.ticket[1] == "created"

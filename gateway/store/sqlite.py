@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from gateway.decision import OutboxAck, StoredReceipt, SubmissionPlan, TicketRow
-from gateway.errors import TransientError
+from gateway.errors import StorageFull, TransientError
 from gateway.files import make_private
 from gateway.ids import new_id
 from schemas import ContactView
@@ -231,7 +231,7 @@ class SqliteTx:
                      since: datetime) -> tuple[TicketRow, str] | None:
         row = self.conn.execute(
             "SELECT ticket_id, uid FROM messages WHERE contact_id = ? AND fingerprint = ?"
-            " AND received_at >= ? ORDER BY received_at, id LIMIT 1",
+            " AND received_at >= ? AND ticket_id IS NOT NULL ORDER BY received_at, id LIMIT 1",
             (contact_id, fingerprint, _us(since))).fetchone()
         if row is None:
             return None
@@ -306,6 +306,16 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+def _storage_error(exc: BaseException) -> StorageFull | None:
+    """SQLITE_FULL (or an I/O error from a full disk) as the error the sender understands."""
+    if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) in (
+            sqlite3.SQLITE_FULL, getattr(sqlite3, "SQLITE_IOERR_WRITE", -1)):
+        err = StorageFull("no room left on the store's disk")
+        err.__cause__ = exc
+        return err
+    return None
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
@@ -452,12 +462,12 @@ class SqliteStore:
                 except Exception as exc:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    results.append((False, exc))
+                    results.append((False, _storage_error(exc) or exc))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            err = TransientError(f"the store could not commit: {exc}")
+            err = _storage_error(exc) or TransientError(f"the store could not commit: {exc}")
             err.__cause__ = exc
             return [(False, err)] * len(batch)
         self.commits += 1
@@ -491,6 +501,12 @@ class SqliteStore:
         return await self.run(claim)
 
     # -- reads used by the embedded queue and the CLI -------------------------------------
+
+    async def probe_write(self) -> None:
+        """One small durable write, for readiness: fails (StorageFull) when commits would."""
+        stamp = str(time.time_ns())
+        await self.run(lambda tx: tx.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('ready_probe', ?)", (stamp,)))
 
     async def message_body(self, uid: str) -> bytes | None:
         """The stored ``InboundMessage`` (msgpack) of message ``uid``, or None."""
