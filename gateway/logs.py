@@ -16,7 +16,8 @@ Three measures, installed once per process by :func:`install_log_guards` (``serv
   traceback per failed ``accept()``; one line per interval with a count says the same.
 
 Customer data is kept out of log lines by the code that logs them: log outcomes, ticket numbers
-and ids, never addresses, phone numbers or text. Redaction is the net under that rule for secrets.
+and ids, never addresses, phone numbers or text. Redaction is the net under that rule: secrets,
+and anything shaped like an email address or a phone number, in messages and tracebacks alike.
 """
 
 from __future__ import annotations
@@ -64,13 +65,24 @@ def register_secret(value: str | None) -> None:
             _pattern = re.compile("|".join(re.escape(s) for s in alternatives))
 
 
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_PHONE = re.compile(r"(?<![\w+])\+\d[\d ()-]{6,18}\d")
+"""An address or an E.164-looking number: what an exception's text may carry of a customer
+(``SMTPRecipientsRefused`` names the recipient, a provider error the number it refused)."""
+
+
 def redact(text: str) -> str:
-    """``text`` with every registered secret and bot-token-shaped URL part replaced."""
+    """``text`` with every registered secret, bot-token-shaped URL part, email address and
+    phone number replaced (the last two as a net under the rule not to log them)."""
     pattern = _pattern
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     if "bot" in text:
         text = _BOT_TOKEN.sub(f"bot{REDACTED}", text)
+    if "@" in text:
+        text = _EMAIL.sub("[email]", text)
+    if "+" in text:
+        text = _PHONE.sub("[phone]", text)
     return text
 
 

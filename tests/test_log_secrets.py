@@ -246,3 +246,23 @@ async def test_the_data_directory_is_private_to_the_service_user(
     # Inside a private directory, subdirectories may keep their mode; none is open to others
     # anyway, but say so: a directory readable by others would list file names (hashes).
     assert _mode(data) & 0o077 == 0
+
+
+def test_an_exception_naming_a_customer_is_logged_without_them(all_logs: Lines) -> None:
+    # A relay refusing a recipient puts the address into the exception's text; the traceback
+    # an operator sees must not carry it, nor a phone number a provider error names.
+    from gateway.logs import install_log_guards
+
+    install_log_guards()
+    try:
+        raise smtplib.SMTPRecipientsRefused({"li.lei@victim.example": (550, b"no such user")})
+    except smtplib.SMTPRecipientsRefused:
+        logging.getLogger("intake.acks").exception("sending an acknowledgement failed")
+    try:
+        raise RuntimeError("Twilio: +86 139 1111 2222 is not a mobile number")
+    except RuntimeError:
+        logging.getLogger("intake.twilio").exception("outbound SMS failed")
+    text = "\n".join(all_logs.lines)
+    assert "sending an acknowledgement failed" in text and "SMTPRecipientsRefused" in text
+    assert "li.lei@victim.example" not in text and "1111 2222" not in text
+    assert "[email]" in text and "[phone]" in text
