@@ -623,9 +623,17 @@ async def test_smtp_survives_generated_command_streams(gw: Gateway) -> None:
                 if pipelined:
                     # Everything at once, junk between: replies may stop once the server
                     # gives up on the session, but never with an internal error.
-                    sock.sendall(b"".join(c.replace(b"\n", b"") + b"\r\n" for c in commands))
-                    sock.shutdown(socket.SHUT_WR)
-                    while (reply := smtp_replies(sock, buf)) is not None:
+                    # The server may close while junk is still arriving (after a 500 on an
+                    # overlong line): a reset then is the session ending, not a failure.
+                    with contextlib.suppress(ConnectionError, OSError):
+                        sock.sendall(b"".join(c.replace(b"\n", b"") + b"\r\n"
+                                              for c in commands))
+                        sock.shutdown(socket.SHUT_WR)
+                    replies: list[list[bytes]] = []
+                    with contextlib.suppress(ConnectionError):
+                        while (reply := smtp_replies(sock, buf)) is not None:
+                            replies.append(reply)
+                    for reply in replies:
                         assert b"internal" not in b" ".join(reply).lower(), (reply, commands)
                     return
                 for command in commands:
