@@ -44,10 +44,32 @@ class PrivateServer:
             self.proc.wait(timeout=10)
 
     def freeze(self) -> None:
-        """SIGSTOP: connections stay open and nothing answers, as in a hung server."""
+        """SIGSTOP: connections stay open and nothing answers, as in a hung server.
+
+        Returns once every thread has stopped: SIGSTOP takes effect asynchronously (10-25 ms
+        on a loaded machine), and a broker still acknowledging meanwhile made frozen-server
+        tests fail by luck.
+        """
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not _all_threads_stopped(self.proc.pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.argv[0]} did not stop within 10s")
+            time.sleep(0.001)
 
     def thaw(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is stopped (state T or t in /proc); True where there is no /proc."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return True
+    for stat in tasks.glob("*/stat"):
+        with contextlib.suppress(OSError):  # a thread that exited meanwhile
+            if stat.read_text().rpartition(")")[2].split()[0] not in "tT":
+                return False
+    return True
