@@ -496,13 +496,13 @@ class ImapAdapter:
         if parsed.refusal is not None:
             raise RejectedInput(parsed.refusal)
         extra: dict[str, str] = {}
-        attachments = await store_mail_attachments(self.intake, parsed, extra)
+        attachments, not_kept = await store_mail_attachments(self.intake, parsed, extra)
         if self.config.keep_raw:
             await keep_raw(self.intake, raw, extra)
         mail_class = classify(parsed)
         human = should_acknowledge(mail_class)
         message = to_inbound(parsed, channel=self.kind, mailbox=mailbox, received_at=now_utc(),
-                             attachments=attachments)
+                             attachments=attachments, not_kept=not_kept)
         thread = message.thread
         bounced = bounced_message_ids(parsed)
         if bounced:

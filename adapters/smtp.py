@@ -397,7 +397,7 @@ class SmtpAdapter:
             refusal.smtp_code = 554
             raise refusal
         extra: dict[str, str] = {"envelope_from": envelope_from}
-        attachments = await store_mail_attachments(self.intake, parsed, extra)
+        attachments, not_kept = await store_mail_attachments(self.intake, parsed, extra)
         if self.config.keep_raw:
             await keep_raw(self.intake, raw, extra)
         mail_class = classify(parsed, envelope_from=envelope_from)
@@ -412,7 +412,7 @@ class SmtpAdapter:
         for index, mailbox in enumerate(mailboxes):
             message = _with_extras(
                 to_inbound(parsed, channel=self.kind, mailbox=mailbox, received_at=received,
-                           attachments=attachments),
+                           attachments=attachments, not_kept=not_kept),
                 raw=raw, human=human, bounced=bounced, extra=extra)
             ack_via = None
             # One acknowledgement per mail, however many of our mailboxes it was sent to; on a

@@ -39,8 +39,15 @@ from gateway.errors import (
     TransientError,
 )
 from gateway.intake import IntakeService, now_utc
-from gateway.media import IDENTITY, MediaRefused, read_limited
-from schemas import Acknowledgement, Attachment, Contact, InboundMessage, ThreadHints
+from gateway.media import IDENTITY, MediaRefused, file_not_kept, read_limited
+from schemas import (
+    Acknowledgement,
+    Attachment,
+    Contact,
+    FileNotKept,
+    InboundMessage,
+    ThreadHints,
+)
 
 log = logging.getLogger("intake.telegram")
 
@@ -381,7 +388,7 @@ class TelegramAdapter:
             extras.append(f"[contact] {name} {shared or msg.contact.phone_number}".strip())
         if msg.location is not None:
             extras.append(f"[location] {msg.location.latitude}, {msg.location.longitude}")
-        attachments, notes = await self._files(msg)
+        attachments, notes, not_kept = await self._files(msg)
         text = "\n".join(x for x in (text, *extras) if x)
         if not text and not attachments:
             if not notes:
@@ -406,7 +413,7 @@ class TelegramAdapter:
             received_at=now_utc(),
             contact=Contact(name=name, phone=phone, chat_ids={"telegram": str(sender.id)},
                             verified_by="telegram"),
-            text=text, attachments=attachments,
+            text=text, attachments=attachments, files_not_kept=not_kept,
             thread=ThreadHints(in_reply_to=in_reply_to,
                                ticket_number=found[0] if found else None),
             locale=sender.language_code, conversational=True, metadata=metadata,
@@ -414,7 +421,8 @@ class TelegramAdapter:
         await self.intake.submit(message, ack_via=OutboxAck(
             channel="telegram", to=str(msg.chat.id), reply_to=str(msg.message_id)))
 
-    async def _files(self, msg: TgMessage) -> tuple[list[Attachment], dict[str, str]]:
+    async def _files(self, msg: TgMessage
+                     ) -> tuple[list[Attachment], dict[str, str], list[FileNotKept]]:
         wanted: list[tuple[str, TgFile, str, str]] = []
         if msg.photo:
             # Telegram sends every size; the largest is the photo the customer took.
@@ -433,10 +441,12 @@ class TelegramAdapter:
                                f.mime_type or default_type))
         attachments: list[Attachment] = []
         notes: dict[str, str] = {}
+        not_kept: list[FileNotKept] = []
         for kind, f, name, ctype in wanted:
             try:
                 if f.file_size is not None and f.file_size > self.config.max_file_bytes:
-                    raise _FileSkipped(f"larger than {self.config.max_file_bytes} bytes")
+                    raise _FileSkipped(f"larger than {self.config.max_file_bytes} bytes",
+                                       kind="too_large", limit=self.config.max_file_bytes)
                 data = await self._download(f.file_id)
                 attachments.append(await self.intake.store_attachment(
                     data, name=name, content_type=ctype))
@@ -444,7 +454,8 @@ class TelegramAdapter:
                 reason = exc.reason if isinstance(exc, TooLarge) else str(exc)
                 notes[f"telegram.{kind}"] = f"not stored: {reason}"
                 notes[f"telegram.{kind}.file_id"] = f.file_id[:200]
-        return attachments, notes
+                not_kept.append(file_not_kept(name, exc))
+        return attachments, notes, not_kept
 
     async def _download(self, file_id: str) -> bytes:
         """getFile, then the file itself, checked like any input from outside.
@@ -466,7 +477,7 @@ class TelegramAdapter:
         if not isinstance(path, str) or not safe_file_path(path):
             raise _FileSkipped("the Bot API named a file_path that is not a relative path")
         if isinstance(size, int) and size > limit:
-            raise _FileSkipped(f"larger than {limit} bytes")
+            raise _FileSkipped(f"larger than {limit} bytes", kind="too_large", limit=limit)
         if self._session is None:
             raise _FileSkipped("the adapter is stopping")
         try:
@@ -476,7 +487,7 @@ class TelegramAdapter:
                     raise _FileSkipped(f"the file answered HTTP {resp.status}")
                 return await read_limited(resp, limit)
         except MediaRefused as exc:
-            raise _FileSkipped(exc.reason) from exc
+            raise _FileSkipped(exc.reason, kind=exc.kind, limit=exc.limit) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The exception's text would carry the URL, and the URL carries the bot token.
             raise _FileSkipped(f"download failed: {type(exc).__name__}") from None
@@ -519,7 +530,7 @@ class TelegramAdapter:
         return f"telegram:{sent.chat.id}:{sent.message_id}"
 
 
-class _FileSkipped(Exception):
+class _FileSkipped(MediaRefused):
     """A file recorded by id instead of stored."""
 
 

@@ -43,7 +43,7 @@ from gateway.errors import (
     TransientError,
 )
 from gateway.intake import IntakeService, now_utc
-from gateway.media import IDENTITY, MediaHosts, MediaRefused, read_limited
+from gateway.media import IDENTITY, MediaHosts, MediaRefused, file_not_kept, read_limited
 from gateway.twilio_protocol import (
     GSM7_BASIC,
     GSM7_EXTENSION,
@@ -56,7 +56,15 @@ from gateway.twilio_protocol import (
     render_voice_record_twiml,
     verify_twilio_signature,
 )
-from schemas import Acknowledgement, Attachment, Contact, InboundMessage, Receipt, ThreadHints
+from schemas import (
+    Acknowledgement,
+    Attachment,
+    Contact,
+    FileNotKept,
+    InboundMessage,
+    Receipt,
+    ThreadHints,
+)
 
 log = logging.getLogger("intake.twilio")
 
@@ -309,7 +317,7 @@ class TwilioAdapter:
                 return _twiml(render_twiml_empty())
             if keyword == "help":
                 return _twiml(render_twiml_empty())
-        attachments, notes = await self._fetch_media(p)
+        attachments, notes, not_kept = await self._fetch_media(p)
         text = body or _message_extras(p) or ("" if attachments or not notes else "[media]")
         metadata = {"twilio.channel": network, "twilio.message_sid": sid, **notes}
         if p.get("To"):
@@ -321,7 +329,7 @@ class TwilioAdapter:
             channel=self.kind, provider_message_id=sid, received_at=now_utc(),
             contact=Contact(name=(p.get("ProfileName") or "").strip() or None, phone=phone,
                             chat_ids=chat_ids, verified_by=_VERIFIED_BY),
-            text=text, attachments=attachments,
+            text=text, attachments=attachments, files_not_kept=not_kept,
             thread=ThreadHints(ticket_number=self._number_in(text)),
             locale=guess_locale(text, p.get("FromCountry")), conversational=True,
             metadata=metadata,
@@ -332,30 +340,35 @@ class TwilioAdapter:
         if (ack is None or receipt.outcome not in _ANSWERED or phone is None
                 or self.state.opted_out(network, phone)):
             return _twiml(render_twiml_empty())
-        # WhatsApp is no SMS: no segments to fit, so the whole acknowledgement goes.
-        return _twiml(render_twiml_message(ack.text if whatsapp else sms_ack_text(ack)))
+        # WhatsApp is no SMS: no segments to fit, so the whole acknowledgement goes. Nor when a
+        # file did not reach us: saying so is worth a second segment (nothing dropped silently).
+        whole = whatsapp or bool(not_kept)
+        return _twiml(render_twiml_message(ack.text if whole else sms_ack_text(ack)))
 
     def _number_in(self, text: str) -> str | None:
         # A ticket number typed in the chat joins that ticket when it is the sender's own.
         found = self.intake.numbering.find_in(text)
         return found[0] if found else None
 
-    async def _fetch_media(self, p: MultiDict[str]) -> tuple[list[Attachment], dict[str, str]]:
+    async def _fetch_media(self, p: MultiDict[str]
+                           ) -> tuple[list[Attachment], dict[str, str], list[FileNotKept]]:
         try:
             count = min(max(int(p.get("NumMedia") or 0), 0), _MAX_MEDIA)
         except ValueError:
             count = 0
         attachments: list[Attachment] = []
         notes: dict[str, str] = {}
+        not_kept: list[FileNotKept] = []
         for i in range(count):
             url = p.get(f"MediaUrl{i}", "")
             declared = p.get(f"MediaContentType{i}", "")
             try:
                 if not self._type_allowed(declared):
-                    raise _MediaSkipped(f"type {declared or 'unknown'} is not accepted")
+                    raise _MediaSkipped(f"type {declared or 'unknown'} is not accepted",
+                                        kind="type")
                 data, ctype = await self._download(url)
                 if not self._type_allowed(ctype):
-                    raise _MediaSkipped(f"type {ctype} is not accepted")
+                    raise _MediaSkipped(f"type {ctype} is not accepted", kind="type")
                 name = f"media{i}{mimetypes.guess_extension(ctype) or ''}"
                 attachments.append(await self.intake.store_attachment(
                     data, name=name, content_type=ctype))
@@ -364,7 +377,8 @@ class TwilioAdapter:
                 reason = exc.reason if isinstance(exc, TooLarge) else str(exc)
                 notes[f"twilio.media{i}"] = f"not stored: {reason}"
                 notes[f"twilio.media{i}.url"] = url[:500]
-        return attachments, notes
+                not_kept.append(file_not_kept(f"media{i}", exc))
+        return attachments, notes, not_kept
 
     def _type_allowed(self, content_type: str) -> bool:
         ctype = content_type.split(";")[0].strip().lower()
@@ -408,7 +422,7 @@ class TwilioAdapter:
                     ctype = resp.headers.get("Content-Type", "application/octet-stream")
                     return data, ctype.split(";")[0].strip().lower()
         except MediaRefused as exc:
-            raise _MediaSkipped(exc.reason) from exc
+            raise _MediaSkipped(exc.reason, kind=exc.kind, limit=exc.limit) from exc
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             # ClientPayloadError: the body broke off (shorter than declared, cut chunking).
             raise _MediaSkipped(f"download failed: {type(exc).__name__}") from exc
@@ -637,7 +651,7 @@ class TwilioAdapter:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
 
-class _MediaSkipped(Exception):
+class _MediaSkipped(MediaRefused):
     """A media item that is recorded by URL instead of stored."""
 
 

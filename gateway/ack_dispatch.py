@@ -126,7 +126,7 @@ class AckDispatcher:
             return
         ack = render_ack(number=facts.ticket_number, outcome=facts.outcome, due_at=facts.due_at,
                          locale=pick_locale(facts.locale, self.default_locale),
-                         calendar=self.calendar)
+                         calendar=self.calendar, not_kept=facts.not_kept)
         try:
             provider_id = await sender.send_ack(ack, to=recipient, reply_to=reply_to)
         except TransientError as exc:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from gateway.language import chinese_script, is_language_tag, message_language
 from gateway.sla import BusinessCalendar, format_due
-from schemas import Acknowledgement, Outcome
+from schemas import Acknowledgement, FileNotKept, Outcome
 
 SUPPORTED_LOCALES = ("zh-CN", "zh-TW", "en")
 
@@ -89,14 +90,67 @@ def ack_locale(declared: str | None, text: str, default: str, subject: str = "")
     return pick_locale(message_language(declared, text, subject), default)
 
 
+_NOT_KEPT: dict[str, dict[str, str]] = {
+    "en": {
+        "too_large": "{name} (larger than {size})",
+        "too_many": "{name} (more than {count} files in one message)",
+        "type": "{name} (a kind of file we cannot accept)",
+        "unavailable": "{name} (we could not fetch it)",
+        "sentence": "These files did not reach us: {files}. Please send them again as a link, "
+                    "or in smaller parts.",
+    },
+    "zh-CN": {
+        "too_large": "{name}（超过 {size}）",
+        "too_many": "{name}（单条消息超过 {count} 个文件）",
+        "type": "{name}（不支持的文件类型）",
+        "unavailable": "{name}（无法获取）",
+        "sentence": "以下文件未能收到：{files}。请以链接形式或拆分后重新发送。",
+    },
+    "zh-TW": {
+        "too_large": "{name}（超過 {size}）",
+        "too_many": "{name}（單則訊息超過 {count} 個檔案）",
+        "type": "{name}（不支援的檔案類型）",
+        "unavailable": "{name}（無法取得）",
+        "sentence": "以下檔案未能收到：{files}。請以連結形式或拆分後重新傳送。",
+    },
+}
+_MAX_NAMED_FILES = 5
+
+
+def _megabytes(n: int | None) -> str:
+    if not n:
+        return "?"
+    return f"{n / 1_048_576:.3g} MB" if n >= 1_048_576 else f"{max(1, n // 1024)} KB"
+
+
+def not_kept_sentence(files: Sequence[FileNotKept], locale: str) -> str:
+    """One sentence naming the files that did not arrive and why; empty for none."""
+    if not files:
+        return ""
+    t = _NOT_KEPT.get(locale, _NOT_KEPT["en"])
+    sep = ", " if locale == "en" else "、"
+    named = [t[f.reason].format(name=f.name[:80], size=_megabytes(f.limit), count=f.limit or "?")
+             for f in files[:_MAX_NAMED_FILES]]
+    if len(files) > _MAX_NAMED_FILES:
+        named.append(f"+{len(files) - _MAX_NAMED_FILES}")
+    return t["sentence"].format(files=sep.join(named))
+
+
 def render_ack(*, number: str, outcome: Outcome, due_at: datetime, locale: str,
-               calendar: BusinessCalendar) -> Acknowledgement:
-    """The acknowledgement text for one receipt; ``replayed`` repeats the ``created`` text."""
+               calendar: BusinessCalendar,
+               not_kept: Sequence[FileNotKept] = ()) -> Acknowledgement:
+    """The acknowledgement text for one receipt; ``replayed`` repeats the ``created`` text.
+
+    Files that did not reach us are named after the due time (nothing is dropped silently);
+    an SMS cut to one segment keeps the number and the due time first.
+    """
     loc = locale if locale in _TEXTS else "en"
     key = "created" if outcome == "replayed" else outcome
     due = format_due(due_at, loc, calendar)
+    text = _TEXTS[loc][key].format(number=number, due=due)
+    if notice := not_kept_sentence(not_kept, loc):
+        text = f"{text}{' ' if loc == 'en' else ''}{notice}"
     return Acknowledgement(
         ticket_number=number, outcome=outcome, due_at=due_at, locale=loc,
-        subject=_SUBJECTS[loc][outcome].format(number=number),
-        text=_TEXTS[loc][key].format(number=number, due=due),
+        subject=_SUBJECTS[loc][outcome].format(number=number), text=text,
     )

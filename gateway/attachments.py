@@ -44,7 +44,7 @@ class AttachmentStore:
         """Store ``data`` (fsynced) and describe it; TooLarge above the configured limit."""
         if len(data) > self.max_bytes:
             raise TooLarge(f"attachment {safe_filename(name)!r} is {len(data)} bytes; "
-                           f"the limit is {self.max_bytes} bytes")
+                           f"the limit is {self.max_bytes} bytes", limit=self.max_bytes)
         digest = hashlib.sha256(data).hexdigest()
         try:
             await asyncio.to_thread(self._write, digest, data)

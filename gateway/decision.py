@@ -23,6 +23,7 @@ from schemas import (
     ContactView,
     DuplicateReceived,
     DuplicateReceivedData,
+    FileNotKept,
     InboundMessage,
     MessageAdded,
     MessageAddedData,
@@ -186,6 +187,8 @@ class AckFacts(msgspec.Struct, frozen=True, kw_only=True):
     due_at: datetime
     locale: str | None
     subject: str
+    not_kept: list[FileNotKept] = []
+    """Files that did not reach us: the acknowledgement names them."""
 
 
 def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) -> StoredReceipt:
@@ -342,7 +345,8 @@ def _effects(
         return
     facts = _encode(AckFacts(ticket_number=ticket.number, outcome=receipt.outcome,
                              due_at=ticket.due_at, locale=plan.message.locale,
-                             subject=plan.message.subject))
+                             subject=plan.message.subject,
+                             not_kept=plan.message.files_not_kept))
     for ack in acks:
         tx.insert_ack(ticket_id=ticket.id, message_uid=plan.message_uid, ack=ack, payload=facts)
 
@@ -369,7 +373,8 @@ def _message_view(plan: SubmissionPlan) -> MessageView:
                       budget=plan.inline_bytes)
     return MessageView(id=plan.message_uid, channel=m.channel, received_at=m.received_at,
                        subject=part.subject, text=part.text, html=part.html,
-                       attachments=m.attachments, locale=m.locale,
+                       attachments=m.attachments, files_not_kept=m.files_not_kept,
+                       locale=m.locale,
                        auto_submitted=m.auto_submitted, order_number=m.order_number,
                        device_model=m.device_model, metadata=part.metadata,
                        verified_by=m.contact.verified_by, truncated=part.truncated,

@@ -71,6 +71,12 @@ class TooLarge(RejectedInput):
     status = 413
     smtp_code = 552
 
+    def __init__(self, reason: str, *, field: str | None = None,
+                 limit: int | None = None) -> None:
+        super().__init__(reason, field=field)
+        self.limit = limit
+        """The limit that was exceeded (bytes or a count), when one applies."""
+
 
 class RateLimited(RejectedInput):
     """Too many requests from one sender in the window; ``retry_after`` in seconds."""

@@ -10,6 +10,7 @@ transaction is durable.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -31,7 +32,7 @@ from gateway.language import with_language
 from gateway.numbering import TicketNumbering
 from gateway.sla import BusinessCalendar, due_at
 from gateway.triage import Triager
-from schemas import Attachment, InboundMessage, Receipt
+from schemas import Attachment, FileNotKept, InboundMessage, Receipt
 
 SUBMITTED = Counter("intake_messages_total", "Messages submitted, by channel and outcome",
                     ["channel", "outcome"])
@@ -106,16 +107,18 @@ class IntakeService:
         outcome = "replayed" if stored.message_uid != plan.message_uid else stored.outcome
         SUBMITTED.labels(message.channel, outcome).inc()
         SUBMIT_SECONDS.observe(time.perf_counter() - started)
-        return self.receipt(stored, outcome=outcome, locale=message.locale)
+        return self.receipt(stored, outcome=outcome, locale=message.locale,
+                            not_kept=message.files_not_kept)
 
-    def receipt(self, stored: StoredReceipt, *, outcome: str, locale: str | None) -> Receipt:
+    def receipt(self, stored: StoredReceipt, *, outcome: str, locale: str | None,
+                not_kept: Sequence[FileNotKept] = ()) -> Receipt:
         """Turn stored facts into the Receipt adapters answer with (ack rendered here)."""
         ack = None
         if stored.acknowledge:
             ack = render_ack(number=stored.ticket_number, outcome=outcome,  # type: ignore[arg-type]
-                             due_at=stored.due_at,
+                             due_at=stored.due_at,  # type: ignore[arg-type]
                              locale=pick_locale(locale, self.config.intake.default_locale),
-                             calendar=self.calendar)
+                             calendar=self.calendar, not_kept=not_kept)
         return Receipt(outcome=outcome, ticket_number=stored.ticket_number,  # type: ignore[arg-type]
                        message_id=stored.message_uid, priority=stored.priority,
                        due_at=stored.due_at, acknowledgement=ack)

@@ -11,14 +11,18 @@ every redirect hop), read bodies with :func:`read_limited`, and record a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, TooLarge
+from schemas import FileNotKept
 
-__all__ = ["IDENTITY", "MediaHosts", "MediaRefused", "read_limited"]
+NotKeptReason = Literal["too_large", "too_many", "type", "unavailable"]
+
+__all__ = ["IDENTITY", "MediaHosts", "MediaRefused", "file_not_kept", "read_limited"]
 
 IDENTITY = {"Accept-Encoding": "identity"}
 """Headers asking for the bytes as stored: the declared length is then the length received."""
@@ -28,11 +32,29 @@ _CHUNK = 65_536
 
 
 class MediaRefused(Exception):
-    """A media item that is not stored; ``reason`` says why (safe to record with the message)."""
+    """A media item that is not stored; ``reason`` says why (safe to record with the message).
 
-    def __init__(self, reason: str) -> None:
+    ``kind`` and ``limit`` say it to the customer (:func:`file_not_kept`): ``too_large`` with
+    the limit in bytes, ``type``, or ``unavailable``."""
+
+    def __init__(self, reason: str, *, kind: NotKeptReason = "unavailable",
+                 limit: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind: NotKeptReason = kind
+        self.limit = limit
+
+
+def file_not_kept(name: str, exc: BaseException) -> FileNotKept:
+    """What the acknowledgement tells the customer about a file that ``exc`` kept out."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MediaRefused):
+            return FileNotKept(name=name, reason=seen.kind, limit=seen.limit)
+        if isinstance(seen, TooLarge):
+            return FileNotKept(name=name, reason="too_large", limit=seen.limit)
+        seen = seen.__cause__
+    return FileNotKept(name=name, reason="unavailable")
 
 
 class _Origin(msgspec.Struct, frozen=True):
@@ -102,12 +124,12 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """
     declared = response.content_length
     if declared is not None and declared > limit:
-        raise MediaRefused(f"larger than {limit} bytes")
+        raise MediaRefused(f"larger than {limit} bytes", kind="too_large", limit=limit)
     body = bytearray()
     async for chunk in response.content.iter_chunked(_CHUNK):
         body += chunk
         if len(body) > limit:
-            raise MediaRefused(f"larger than {limit} bytes")
+            raise MediaRefused(f"larger than {limit} bytes", kind="too_large", limit=limit)
     # A decoded (gzip) body is longer than the declared, encoded length: only identity counts.
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if declared is not None and len(body) != declared and encoding in ("", "identity"):

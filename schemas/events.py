@@ -12,7 +12,15 @@ from typing import Literal
 
 import msgspec
 
-from schemas.message import Area, Attachment, CustomerType, Kind, Outcome, Priority
+from schemas.message import (
+    Area,
+    Attachment,
+    CustomerType,
+    FileNotKept,
+    Kind,
+    Outcome,
+    Priority,
+)
 
 
 class ContactView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -39,6 +47,8 @@ class MessageView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     text: str
     html: str | None = None
     attachments: list[Attachment] = []
+    files_not_kept: list[FileNotKept] = []
+    """Files that came with it but were not kept, and why; the acknowledgement said so."""
     locale: str | None = None
     auto_submitted: bool = False
     order_number: str | None = None

@@ -66,6 +66,21 @@ class Attachment(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     sha256: Sha256Hex
 
 
+class FileNotKept(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A file the customer sent that the channel received but did not keep, and why.
+
+    The acknowledgement names it, so nobody believes it arrived; agents see it in the event.
+    """
+
+    name: str
+    """A safe file name (or the channel's label for it, e.g. ``media0``)."""
+    reason: Literal["too_large", "too_many", "type", "unavailable"]
+    """``too_large``: over the size limit; ``too_many``: over the count limit; ``type``: a kind
+    of file we do not take; ``unavailable``: the provider would not hand it over."""
+    limit: int | None = None
+    """Bytes for ``too_large``, files for ``too_many``."""
+
+
 class ThreadHints(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What the message says about the conversation it belongs to."""
 
@@ -92,6 +107,8 @@ class InboundMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     html: str | None = None
     """Sanitized HTML (no scripts, handlers or remote loads), if the channel had any."""
     attachments: list[Attachment] = []
+    files_not_kept: list[FileNotKept] = []
+    """Files that came with the message but were not kept (limits, types, provider errors)."""
     thread: ThreadHints = ThreadHints()
     locale: str | None = None
     """BCP 47 tag the customer wrote in or chose, e.g. ``zh-CN``, ``en``."""

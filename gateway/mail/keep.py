@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.errors import TooLarge
+from schemas import FileNotKept
 
 if TYPE_CHECKING:
     from gateway.contracts import Intake
@@ -16,20 +17,24 @@ if TYPE_CHECKING:
     from schemas import Attachment
 
 
-async def store_mail_attachments(intake: Intake, parsed: ParsedEmail,
-                                 extra: dict[str, str]) -> list[Attachment]:
-    """Store every attachment the parser kept; list the ones left out in ``extra``."""
+async def store_mail_attachments(intake: Intake, parsed: ParsedEmail, extra: dict[str, str]
+                                 ) -> tuple[list[Attachment], list[FileNotKept]]:
+    """Store every attachment the parser kept; list the ones left out in ``extra``.
+
+    Returns the stored ones and those the store refused (for the acknowledgement)."""
     stored: list[Attachment] = []
     dropped: list[str] = []
+    not_kept: list[FileNotKept] = []
     for att in parsed.attachments:
         try:
             stored.append(await intake.store_attachment(
                 att.data, name=att.name, content_type=att.content_type))
         except TooLarge as exc:
             dropped.append(exc.reason)
+            not_kept.append(FileNotKept(name=att.name, reason="too_large", limit=exc.limit))
     if dropped:
         extra["dropped_attachments"] = "; ".join([*parsed.dropped, *dropped])
-    return stored
+    return stored, not_kept
 
 
 async def keep_raw(intake: Intake, raw: bytes, extra: dict[str, str]) -> None:

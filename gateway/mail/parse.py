@@ -28,6 +28,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
@@ -50,7 +51,7 @@ from gateway.mail.charsets import (
     to_raw_bytes,
 )
 from gateway.mail.loop_policy import classify, should_acknowledge
-from schemas.message import Attachment, Contact, InboundMessage, ThreadHints
+from schemas.message import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
 
 MiB = 1024 * 1024
 
@@ -98,6 +99,8 @@ class ParsedEmail(msgspec.Struct, frozen=True, kw_only=True):
     attachments: list[MailAttachment] = []
     dropped: list[str] = []
     """One reason per attachment left out for a limit (the first 50, then a count)."""
+    not_kept: list[FileNotKept] = []
+    """The attachments left out, as the acknowledgement names them (the first 50)."""
     locale: str | None = None
     """BCP 47 guess: Content-Language; else kana / Hangul in the text (``ja`` / ``ko``); else
     the body charset (GB2312/GBK ``zh-CN``, Big5 ``zh-TW``, Shift_JIS/ISO-2022-JP ``ja``...);
@@ -669,6 +672,7 @@ class _MimeWalk:
         self.fallbacks = fallbacks
         self.attachments: list[MailAttachment] = []
         self.dropped: list[str] = []
+        self.not_kept: list[FileNotKept] = []
         self.defects: list[str] = []
         self.enclosed_ids: list[str] = []
         self.report_type: str | None = None
@@ -901,6 +905,8 @@ class _MimeWalk:
         limits = self.limits
         if len(self.attachments) >= limits.max_attachments:
             self.dropped.append(f"{name}: more than {limits.max_attachments} attachments")
+            self.not_kept.append(FileNotKept(name=name, reason="too_many",
+                                             limit=limits.max_attachments))
             return
         data = self._payload(part)
         if len(data) > limits.max_attachment_bytes:
@@ -908,11 +914,15 @@ class _MimeWalk:
                 f"{name}: {len(data)} bytes, over the {limits.max_attachment_bytes}-byte limit "
                 "per attachment"
             )
+            self.not_kept.append(FileNotKept(name=name, reason="too_large",
+                                             limit=limits.max_attachment_bytes))
             return
         if self.total_bytes + len(data) > limits.max_total_bytes:
             self.dropped.append(
                 f"{name}: {len(data)} bytes, over the {limits.max_total_bytes}-byte total limit"
             )
+            self.not_kept.append(FileNotKept(name=name, reason="too_large",
+                                             limit=limits.max_total_bytes))
             return
         self.total_bytes += len(data)
         content_id = _message_id(part.get("content-id"))
@@ -1176,6 +1186,7 @@ def _parse(raw: bytes, limits: MailLimits) -> ParsedEmail:
         html=html,
         attachments=walk.attachments,
         dropped=_capped_reasons(walk.dropped),
+        not_kept=walk.not_kept[:50],
         locale=locale,
         content_type=_content_type(msg),
         report_type=report_type,
@@ -1194,6 +1205,7 @@ def to_inbound(
     mailbox: str,
     received_at: datetime,
     attachments: list[Attachment],
+    not_kept: Sequence[FileNotKept] = (),
 ) -> InboundMessage:
     """The schema message for a parsed email, as the core's ``submit`` takes it.
 
@@ -1235,6 +1247,7 @@ def to_inbound(
         text=parsed.text,
         html=parsed.html,
         attachments=attachments,
+        files_not_kept=[*parsed.not_kept, *not_kept],
         thread=ThreadHints(in_reply_to=parsed.in_reply_to, references=list(parsed.references)),
         locale=parsed.locale,
         auto_submitted=not should_acknowledge(mail_class),
