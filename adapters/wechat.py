@@ -19,7 +19,7 @@ from gateway.config import is_loopback, parse_duration, resolve_secret
 from gateway.contracts import AdapterContext
 from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
 from gateway.intake import IntakeService, now_utc
-from gateway.media import IDENTITY, MediaRefused, read_limited
+from gateway.media import IDENTITY, MediaRefused, file_not_kept, read_limited
 from gateway.wechat_protocol import (
     WeChatCrypto,
     WeChatPush,
@@ -28,7 +28,7 @@ from gateway.wechat_protocol import (
     render_text_reply,
     to_push,
 )
-from schemas import Attachment, Contact, InboundMessage, ThreadHints
+from schemas import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
 
 log = logging.getLogger("intake.wechat")
 
@@ -259,13 +259,14 @@ class WeChatAdapter:
             self._replies.popitem(last=False)
 
     async def _submit(self, push: WeChatPush, msg_key: str) -> bytes | None:
-        text, attachments, metadata = await self._content(push)
+        not_kept: list[FileNotKept] = []
+        text, attachments, metadata = await self._content(push, not_kept)
         found = self.intake.numbering.find_in(text)
         message = InboundMessage(
             channel=self.kind, provider_message_id=msg_key, delivery_scope=push.to_user,
             received_at=now_utc(),
             contact=Contact(chat_ids={"wechat": push.from_user}, verified_by="wechat-signature"),
-            text=text, attachments=attachments,
+            text=text, attachments=attachments, files_not_kept=not_kept,
             thread=ThreadHints(ticket_number=found[0] if found else None),
             conversational=True,
             metadata={"wechat.msg_type": push.msg_type,
@@ -277,8 +278,10 @@ class WeChatAdapter:
             return None
         return render_text_reply(push.from_user, push.to_user, ack.text, int(time.time()))
 
-    async def _content(self, push: WeChatPush) -> tuple[str, list[Attachment], dict[str, str]]:
-        """Text, attachments and metadata of each message type WeChat pushes."""
+    async def _content(self, push: WeChatPush, not_kept: list[FileNotKept]
+                       ) -> tuple[str, list[Attachment], dict[str, str]]:
+        """Text, attachments and metadata of each message type WeChat pushes; images that could
+        not be kept are added to ``not_kept``."""
         meta: dict[str, str] = {}
         for name in ("media_id", "thumb_media_id", "format", "pic_url", "msg_data_id", "idx"):
             value = getattr(push, name)
@@ -289,7 +292,7 @@ class WeChatAdapter:
         if kind == "text":
             text = push.content or ""
         elif kind == "image":
-            image = await self._fetch_image(push.pic_url, push.media_id, meta)
+            image = await self._fetch_image(push.pic_url, push.media_id, meta, not_kept)
             attachments = [image] if image else []
             text = "" if attachments else "[image]"
         elif kind == "voice":
@@ -307,7 +310,8 @@ class WeChatAdapter:
         return text or ("" if attachments else f"[{kind}]"), attachments, meta
 
     async def _fetch_image(self, url: str | None, media_id: str | None,
-                           meta: dict[str, str]) -> Attachment | None:
+                           meta: dict[str, str], not_kept: list[FileNotKept]
+                           ) -> Attachment | None:
         if not url or not self.config.fetch_images or self._session is None:
             return None
         host = (urlsplit(url).hostname or "").lower()
@@ -327,6 +331,10 @@ class WeChatAdapter:
             # The reply must leave within 5 s: an image that does not come is only recorded.
             reason = exc.reason if isinstance(exc, MediaRefused) else type(exc).__name__
             meta["wechat.image"] = f"not fetched: {reason}"
+            # Agents can still fetch it by media_id for a few days; the customer is told only
+            # when it can never come (too large), not for a passing network failure.
+            if isinstance(exc, MediaRefused) and exc.kind == "too_large":
+                not_kept.append(file_not_kept(f"image-{media_id or 'wechat'}", exc))
             return None
         if not ctype.startswith("image/"):
             ctype = "image/jpeg"
