@@ -21,7 +21,7 @@ import msgspec
 from aiohttp import BodyPartReader, HttpVersion11, MultipartReader, StreamReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.acks import SUPPORTED_LOCALES, pick_locale
+from gateway.acks import SUPPORTED_LOCALES, pick_locale, render_ack
 from gateway.attachments import safe_filename
 from gateway.config import parse_duration
 from gateway.contacts import normalize_email, normalize_phone
@@ -468,8 +468,14 @@ class WebformAdapter:
         return self._receipt_page(receipt, locale)
 
     def _receipt_page(self, receipt: Receipt, locale: str) -> web.Response:
-        due = format_due(receipt.due_at, locale, self.intake.calendar)
-        ack = receipt.acknowledgement.text if receipt.acknowledgement else None
+        due = format_due(receipt.due_at, locale, self.intake.calendar)  # type: ignore[arg-type]
+        ack = None
+        if receipt.acknowledgement is not None:
+            # The person chose this page's language: the receipt on it speaks it too, whatever
+            # language they typed in (events and later mail follow their words).
+            ack = render_ack(number=receipt.acknowledgement.ticket_number,
+                             outcome=receipt.outcome, due_at=receipt.acknowledgement.due_at,
+                             locale=locale, calendar=self.intake.calendar).text
         return self._page("receipt.html", locale, receipt=receipt,
                           number=receipt.ticket_number, due=due, ack=ack)
 

@@ -699,3 +699,11 @@ async def test_a_full_form_at_every_limit_still_fits(make_gateway: Any,
                                            **fields))
     assert resp.status == 200, page
     assert len(created(await events(http, gw))) == 1
+
+
+async def test_the_receipt_page_speaks_the_pages_language(gateway: Gateway,
+                                                         http: aiohttp.ClientSession) -> None:
+    _, token = await fetch_form(http, gateway)
+    resp, page = await post(http, gateway, form(token, message="我的路由器从昨天开始无法上网"))
+    assert resp.status == 200
+    assert "has been registered under ticket number" in page  # lang=en page, Chinese words
