@@ -20,7 +20,7 @@ from gateway.errors import PermanentError, TransientError
 from gateway.runtime import Gateway
 from gateway.testing.drivers import first_number
 from gateway.testing.drivers_mail import SmtpReply, customer_mail, smtp_transaction
-from gateway.testing.harness import read_events
+from gateway.testing.harness import outbox_settled, read_events
 from gateway.testing.services import free_port
 from gateway.testing.smtp_capture import CapturedMail, SmtpCapture
 from schemas import Acknowledgement
@@ -231,7 +231,7 @@ async def test_a_refused_acknowledgement_is_recorded_once(make_gateway: MakeGate
     assert reply.ticket
     failed = await wait_event(gw, "ack.failed", reply.ticket[0])
     assert "550" in failed["data"]["reason"]
-    await asyncio.sleep(0.5)
+    await outbox_settled(gw)  # nothing pending: no retry is scheduled
     assert [e["type"] for e in await events(gw)].count("ack.failed") == 1, "never retried"
 
 

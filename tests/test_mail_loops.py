@@ -13,7 +13,7 @@ import pytest
 from adapters.smtp import SmtpAdapter
 from gateway.runtime import Gateway
 from gateway.testing.drivers_mail import SmtpReply, customer_mail, smtp_transaction
-from gateway.testing.harness import read_events
+from gateway.testing.harness import outbox_settled, read_events
 from gateway.testing.smtp_capture import SmtpCapture, strip_headers
 from tests.conftest import MakeGateway
 
@@ -135,7 +135,7 @@ async def test_a_null_envelope_sender_gets_no_acknowledgement(make_gateway: Make
                          text="An ordinary looking message.", message_id="null@x")
     reply = await send(gw, data, sender="")  # MAIL FROM:<>
     assert reply.code == 250
-    await asyncio.sleep(1.0)
+    await outbox_settled(gw)
     assert capture.messages == []
 
 
@@ -164,7 +164,7 @@ async def test_a_bounce_of_our_acknowledgement_joins_its_ticket(
     added = next(e for e in evs if e["type"] == "ticket.message_added")
     assert added["subject"] == number
     assert added["data"]["message"]["auto_submitted"] is True
-    await asyncio.sleep(0.5)
+    await outbox_settled(gw)
     assert len(capture.messages) == 1, "the bounce itself is not acknowledged"
 
 

@@ -16,7 +16,7 @@ import pytest
 from gateway.runtime import Gateway
 from gateway.testing.fakes import FakeTelegram
 from gateway.testing.fakes.telegram import SentMessage
-from gateway.testing.harness import read_events
+from gateway.testing.harness import outbox_settled, read_events
 from tests.conftest import MakeGateway
 
 CORPUS = Path(__file__).parent / "corpus" / "telegram"
@@ -129,7 +129,7 @@ async def test_a_redelivered_update_makes_one_ticket_and_one_reply(
     assert await deliver(telegram, gw, update) == 200
     assert await deliver(telegram, gw, update) == 200
     await until(lambda: replies(telegram, 99))
-    await asyncio.sleep(0.3)
+    await outbox_settled(gw)
     assert len(replies(telegram, 99)) == 1
     assert [e["type"] for e in await events(gw)] == ["ticket.created", "ack.sent"]
 

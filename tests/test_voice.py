@@ -14,7 +14,7 @@ import pytest
 
 from gateway.runtime import Gateway
 from gateway.testing.fakes import FakeTwilio
-from gateway.testing.harness import read_events
+from gateway.testing.harness import outbox_settled, read_events
 from tests.conftest import MakeGateway
 
 SID = "AC" + "7b" * 16
@@ -197,7 +197,7 @@ async def test_callers_who_cannot_get_an_sms_still_make_tickets(
     assert list(contacts[2]["chat_ids"]) == ["twilio_call"]
     # Nobody heard a ticket number, so no event may claim an inline acknowledgement.
     assert [e["data"].get("acknowledged_inline", False) for e in created(got)] == [False] * 3
-    await asyncio.sleep(0.3)
+    await outbox_settled(gw)
     assert twilio.messages == [], "no SMS to a client identity, a landline or a withheld number"
 
 

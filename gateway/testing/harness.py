@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -50,3 +51,19 @@ async def read_events(session: aiohttp.ClientSession, base_url: str, *, after: i
         if not page.events:
             return out
         after = page.next
+
+
+async def outbox_settled(gw: Gateway, *, timeout: float = 10.0) -> None:
+    """Wait until no acknowledgement is pending in the outbox (each is sent, failed or suppressed).
+
+    The condition to wait on before asserting that something was *not* sent: the dispatcher
+    marks a row only after its provider took it (or refused it), so once nothing is pending
+    every acknowledgement that will ever go out already has, and a retry scheduled for later
+    keeps its row pending (this then times out, which is the right failure).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while await gw.store.read(lambda c: c.execute(
+            "SELECT count(*) FROM acks WHERE status = 'pending'").fetchone()[0]):
+        assert loop.time() < deadline, f"acknowledgements still pending after {timeout} s"
+        await asyncio.sleep(0.02)
