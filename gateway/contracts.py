@@ -110,6 +110,11 @@ class OutboundEvent(msgspec.Struct, frozen=True, kw_only=True):
     priority: str | None
     body: bytes
     """The CloudEvent in structured JSON."""
+    escalated: bool = False
+    """True for the events of a ticket that triage escalated (its priority is one of
+    ``triage.escalate``; ``data.ticket.escalated`` in the body). A publisher with an escalation
+    route delivers these, and only these, there too; it never decides by ``priority``, which
+    the operator's ``escalate`` list may not follow. ``ack.*`` events are never escalated."""
 
 
 class Publisher(Protocol):

@@ -173,9 +173,11 @@ class Tx(Protocol):
     ) -> None: ...
 
     def append_event(
-        self, *, event_id: str, type_: str, subject: str, priority: str | None, body: bytes
+        self, *, event_id: str, type_: str, subject: str, priority: str | None, body: bytes,
+        escalated: bool = False,
     ) -> int:
-        """Append to the event outbox; returns its sequence number."""
+        """Append to the event outbox; returns its sequence number. ``escalated`` is stored
+        with the event and becomes ``OutboundEvent.escalated`` for the publishers."""
         ...
 
 
@@ -336,7 +338,7 @@ def _effects(
     owner_acks: list[OutboxAck] | None = None,
 ) -> None:
     tx.append_event(event_id=event.id, type_=_type_of(event), subject=ticket.number,
-                    priority=ticket.priority, body=_encode(event))
+                    priority=ticket.priority, body=_encode(event), escalated=ticket.escalated)
     acks = list(plan.outbox_acks) if receipt.outcome in plan.ack_on else []
     # A claimed follow-up always tells the ticket's owner, loop policy's "no ack" included:
     # that notice is what makes letting the claim in safe.

@@ -79,21 +79,23 @@ class Backoff:
 
 def read_outbound(conn: sqlite3.Connection, after: int, limit: int) -> list[OutboundEvent]:
     """Outbox events with ``seq > after`` as publishers receive them, oldest first."""
-    return [OutboundEvent(seq=s, id=i, type=t, subject=subj, priority=p, body=bytes(b))
-            for s, i, t, subj, p, b in conn.execute(
-                "SELECT seq, id, type, subject, priority, body FROM events WHERE seq > ?"
-                " ORDER BY seq LIMIT ?", (after, limit))]
+    return [OutboundEvent(seq=s, id=i, type=t, subject=subj, priority=p, body=bytes(b),
+                          escalated=bool(x))
+            for s, i, t, subj, p, b, x in conn.execute(
+                "SELECT seq, id, type, subject, priority, body, escalated FROM events"
+                " WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))]
 
 
 def read_dead_letters(conn: sqlite3.Connection,
                       publisher: str) -> list[tuple[OutboundEvent, int, str]]:
     """Dead letters of ``publisher`` with their event, attempts and last error, oldest first."""
     rows = conn.execute(
-        "SELECT e.seq, e.id, e.type, e.subject, e.priority, e.body, d.attempts, d.last_error"
-        " FROM dead_letters d JOIN events e ON e.seq = d.seq WHERE d.publisher = ?"
+        "SELECT e.seq, e.id, e.type, e.subject, e.priority, e.body, d.attempts, d.last_error,"
+        " e.escalated FROM dead_letters d JOIN events e ON e.seq = d.seq WHERE d.publisher = ?"
         " ORDER BY d.seq", (publisher,)).fetchall()
     return [(OutboundEvent(seq=r[0], id=r[1], type=r[2], subject=r[3], priority=r[4],
-                           body=bytes(r[5])), int(r[6]), str(r[7])) for r in rows]
+                           body=bytes(r[5]), escalated=bool(r[8])), int(r[6]), str(r[7]))
+            for r in rows]
 
 
 def held_tickets(conn: sqlite3.Connection, publisher: str,

@@ -2,10 +2,12 @@
 
 Every event goes to ``<prefix>.events.<type>`` (``intake.events.ticket.created``) with the header
 ``Nats-Msg-Id: <event id>``, so JetStream drops a relay's retry inside the stream's duplicate
-window and says so in the ack (``duplicate: true``), which counts as delivered. High-priority
-events are published a second time on ``<prefix>.escalations.<type>`` with the msg id
-``<event id>:escalation``; the one stream captures both subject trees, and an on-call consumer
-filters on ``<prefix>.escalations.>`` to see escalations alone.
+window and says so in the ack (``duplicate: true``), which counts as delivered. Escalated
+events (:attr:`~gateway.contracts.OutboundEvent.escalated`: their ticket's priority is one of
+``[triage] escalate``, ``["high"]`` by default) are published a second time on
+``<prefix>.escalations.<type>`` with the msg id ``<event id>:escalation``; the one stream
+captures both subject trees, and an on-call consumer filters on ``<prefix>.escalations.>`` to
+see escalations alone. The priority itself never decides the route.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from gateway.errors import ConfigError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
-ESCALATION_PRIORITY = "high"
 CONTENT_TYPE = "application/cloudevents+json"
 _MAX_PAYLOAD_EXCEEDED = 10054  # JetStream API error code: message larger than the stream allows
 
@@ -139,7 +140,7 @@ class NatsPublisher:
                         raise TimeoutError  # nats-py swallowed the cancellation; stop anyway
                     writing.reschedule(loop.time() + idle)
                     futures.append(await self._send(js, self._events_subject, event, event.id))
-                    if event.priority == ESCALATION_PRIORITY:
+                    if event.escalated:
                         futures.append(
                             await self._send(
                                 js, self._escalations_subject, event, f"{event.id}:escalation"

@@ -1,14 +1,23 @@
 """RabbitMQ publisher (aio-pika): a durable topic exchange, publisher confirms, persistent messages.
 
 Routing key: ``<type>.<priority>``, the priority being ``high``, ``medium``, ``low`` or ``none``,
-e.g. ``ticket.created.high`` or ``ack.sent.none``. The priority is always the last word, so:
+e.g. ``ticket.created.high`` or ``ack.sent.none``. An escalated event
+(:attr:`~gateway.contracts.OutboundEvent.escalated`: its ticket's priority is one of
+``[triage] escalate``, ``["high"]`` by default) carries a second routing key,
+``escalation.<type>.<priority>``, in the ``BCC`` header (RabbitMQ's sender-selected
+distribution): the broker routes the one message by both keys, puts at most one copy into each
+queue, and strips the header before delivery. So:
 
-- the default queue (``intake.events``) is bound with ``#`` and receives every event;
-- the escalation queue (``intake.escalations``) is bound with ``#.high`` and receives only the
-  high-priority ones, so an on-call system consumes that queue alone;
-- a consumer wanting one type binds its own queue with e.g. ``ticket.created.*``.
+- the default queue (``intake.events``) is bound with ``#`` and receives every event, once;
+- the escalation queue (``intake.escalations``) is bound with ``escalation.#`` and receives
+  exactly the escalated events, whatever their priority, so an on-call system consumes that
+  queue alone;
+- a consumer wanting one type binds its own queue with e.g. ``ticket.created.*`` (every one) or
+  ``escalation.ticket.created.*`` (escalated ones only); ``#.high`` still selects by priority.
 
-Each event is published once; the broker copies it into every queue whose binding matches.
+The routing key keeps its shape, so existing bindings keep working; only the escalation queue's
+binding changed (it was ``#.high``, which followed the priority and ignored ``escalate``): at
+connect the publisher binds ``escalation.#`` and removes ``#.high`` from that queue.
 ``message_id`` is the CloudEvents id: RabbitMQ does not deduplicate, consumers do, on that id.
 """
 
@@ -34,7 +43,9 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/cloudevents+json"
 EVENTS_BINDING = "#"
-ESCALATIONS_BINDING = "#.high"
+ESCALATIONS_BINDING = "escalation.#"
+LEGACY_ESCALATIONS_BINDING = "#.high"
+"""The escalation queue's binding before escalation followed ``escalate``; removed at connect."""
 
 
 class RabbitMqConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -50,7 +61,8 @@ class RabbitMqConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     queue: str | None = "intake.events"
     """Durable queue bound with ``#`` (every event); none declared when unset."""
     escalation_queue: str | None = "intake.escalations"
-    """Durable queue bound with ``#.high`` (high priority only); none declared when unset."""
+    """Durable queue bound with ``escalation.#`` (escalated events only); none declared when
+    unset."""
     queue_type: Literal["classic", "quorum"] = "classic"
     """``x-queue-type`` of the queues we declare (quorum: replicated, for clusters)."""
     mandatory: bool = True
@@ -200,6 +212,10 @@ class RabbitMqPublisher:
                 if name:
                     queue = await channel.declare_queue(name, durable=True, arguments=arguments)
                     await queue.bind(exchange, routing_key=binding)
+                if name and binding == ESCALATIONS_BINDING:
+                    # A queue declared by an earlier version still follows the priority:
+                    # unbinding a binding that is not there is a no-op, so this runs each time.
+                    await queue.unbind(exchange, routing_key=LEGACY_ESCALATIONS_BINDING)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             await _close_quietly(connection)
             raise ConfigError(
@@ -236,8 +252,13 @@ async def _confirms(tasks: list[asyncio.Future[Any]], *, idle: float) -> None:
 
 
 def routing_key(event: OutboundEvent) -> str:
-    """``<type>.<priority or none>``: the priority is the last word, so ``#.high`` escalates."""
+    """``<type>.<priority or none>``: the priority is the last word (``#.high`` selects it)."""
     return f"{event.type}.{event.priority or 'none'}"
+
+
+def escalation_key(event: OutboundEvent) -> str:
+    """``escalation.<type>.<priority or none>``: the extra key of an escalated event."""
+    return f"escalation.{routing_key(event)}"
 
 
 def _message(event: OutboundEvent) -> aio_pika.Message:
@@ -249,6 +270,9 @@ def _message(event: OutboundEvent) -> aio_pika.Message:
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         type=event.type,
         app_id="intake-gateway",
+        # BCC rather than a second publish: one message, one confirm, at most one copy per
+        # queue (a queue bound with "#" matches both keys), and no header left for consumers.
+        headers={"BCC": [escalation_key(event)]} if event.escalated else None,
     )
 
 

@@ -2,7 +2,9 @@
 
 Each entry has the fields ``id`` (CloudEvents id), ``type``, ``subject`` (ticket number),
 ``priority`` (``high``/``medium``/``low``, empty when none) and ``data`` (the CloudEvent JSON).
-High-priority events are added to a second stream (``intake:escalations``) as well.
+Escalated events (:attr:`~gateway.contracts.OutboundEvent.escalated`: their ticket's priority is
+one of ``[triage] escalate``, ``["high"]`` by default) are added to a second stream
+(``intake:escalations``) as well; the priority itself never decides that.
 
 Consumers read with consumer groups (``XGROUP CREATE intake:events helpdesk 0 MKSTREAM`` once,
 then ``XREADGROUP GROUP helpdesk worker-1 COUNT 100 BLOCK 5000 STREAMS intake:events >`` and
@@ -33,8 +35,6 @@ from gateway.errors import ConfigError, TransientError
 
 log = logging.getLogger(__name__)
 
-ESCALATION_PRIORITY = "high"
-
 
 class RedisStreamsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[queue.settings]`` for ``backend = "redis"``."""
@@ -49,7 +49,7 @@ class RedisStreamsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     stream: str = "intake:events"
     """Stream every event is added to."""
     escalation_stream: str | None = "intake:escalations"
-    """Stream high-priority events are also added to; unset to not escalate."""
+    """Stream escalated events are also added to; unset to not escalate."""
     maxlen: int | None = 1_000_000
     """Approximate bound on each stream's length (``MAXLEN ~``); unset for no bound."""
     connect_timeout: float = 2.0
@@ -95,7 +95,7 @@ class RedisStreamsPublisher:
                 "data": event.body,
             }
             pipe.xadd(config.stream, fields, maxlen=config.maxlen, approximate=True)
-            if config.escalation_stream and event.priority == ESCALATION_PRIORITY:
+            if config.escalation_stream and event.escalated:
                 pipe.xadd(config.escalation_stream, fields, maxlen=config.maxlen, approximate=True)
         try:
             async with asyncio.timeout(config.timeout + config.connect_timeout):

@@ -4,8 +4,10 @@ Headers: ``Content-Type: application/cloudevents+json``, ``Webhook-Id`` (the eve
 delivery id, identical on every retry), ``Webhook-Timestamp`` (unix seconds) and
 ``Webhook-Signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``. A secret written
 ``whsec_<base64>`` is used as the Standard Webhooks libraries use it (the decoded bytes); any
-other secret is used as its UTF-8 bytes. High-priority events are also POSTed to
-``escalation_url`` when one is set, with ``Webhook-Id: <event id>:escalation``.
+other secret is used as its UTF-8 bytes. Escalated events
+(:attr:`~gateway.contracts.OutboundEvent.escalated`: their ticket's priority is one of
+``[triage] escalate``, ``["high"]`` by default) are also POSTed to ``escalation_url`` when one is
+set, with ``Webhook-Id: <event id>:escalation``; the priority itself never decides that.
 
 2xx means delivered. Only an answer saying the receiver can never take this payload
 (:data:`PAYLOAD_REFUSED`: 400, 413, 414, 415, 422) is a :class:`~gateway.errors.PermanentError`.
@@ -41,7 +43,6 @@ from gateway.errors import ConfigError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
-ESCALATION_PRIORITY = "high"
 CONTENT_TYPE = "application/cloudevents+json"
 PAYLOAD_REFUSED = frozenset({400, 413, 414, 415, 422})
 """Statuses saying this payload will never be taken: permanent (the event is dead-lettered)."""
@@ -55,7 +56,7 @@ class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     url: str
     """``https://`` (or ``http://``) endpoint every event is POSTed to."""
     escalation_url: str | None = None
-    """Endpoint high-priority events are also POSTed to (an on-call system); unset for none."""
+    """Endpoint escalated events are also POSTed to (an on-call system); unset for none."""
     secret_env: str | None = None
     """Environment variable holding the signing secret (``secret_env`` or ``secret_file`` is
     required)."""
@@ -114,7 +115,7 @@ class WebhookPublisher:
         await self.start()
         for event in events:
             await self._deliver(self.config.url, event, event.id)
-            if self.config.escalation_url and event.priority == ESCALATION_PRIORITY:
+            if self.config.escalation_url and event.escalated:
                 await self._deliver(self.config.escalation_url, event, f"{event.id}:escalation")
 
     async def close(self) -> None:

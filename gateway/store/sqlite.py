@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS replay_guards(
 CREATE INDEX IF NOT EXISTS replay_guards_expiry ON replay_guards(expires_at);
 CREATE TABLE IF NOT EXISTS events(
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
-    subject TEXT NOT NULL, priority TEXT, created_at INTEGER NOT NULL, body BLOB NOT NULL);
+    subject TEXT NOT NULL, priority TEXT, created_at INTEGER NOT NULL, body BLOB NOT NULL,
+    escalated INTEGER NOT NULL DEFAULT 0);
 """
 
 _receipt_decoder = msgspec.msgpack.Decoder(StoredReceipt)
@@ -281,11 +282,12 @@ class SqliteTx:
             (ticket_id, message_uid, ack.channel, ack.to, ack.reply_to, payload, 0))
 
     def append_event(self, *, event_id: str, type_: str, subject: str, priority: str | None,
-                     body: bytes) -> int:
+                     body: bytes, escalated: bool = False) -> int:
         seq = self.conn.execute(
-            "INSERT INTO events(id, type, subject, priority, created_at, body)"
-            " VALUES (?,?,?,?,?,?)",
-            (event_id, type_, subject, priority, time.time_ns() // 1000, body)).lastrowid
+            "INSERT INTO events(id, type, subject, priority, created_at, body, escalated)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (event_id, type_, subject, priority, time.time_ns() // 1000, body,
+             int(escalated))).lastrowid
         assert seq is not None
         self.max_event_seq = max(self.max_event_seq, seq)
         return seq
@@ -349,6 +351,14 @@ def _upgrade(conn: sqlite3.Connection) -> None:
 
 class SqliteStore:
     """Embedded store: submissions go to one writer thread that commits them in groups.
+    if "escalated" not in columns("events"):
+        # One transaction: a crash between the two must not leave the column without its values.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ALTER TABLE events ADD COLUMN escalated INTEGER NOT NULL DEFAULT 0")
+        # Events still waiting for the relay (or dead-lettered) escalate as their ticket does.
+        conn.execute("UPDATE events SET escalated = 1 WHERE type LIKE 'ticket.%' AND subject IN"
+                     " (SELECT number FROM tickets WHERE escalated = 1)")
+        conn.execute("COMMIT")
 
     ``run(fn)`` queues ``fn(tx)``; the writer drains the queue, runs each op in its own
     SAVEPOINT inside one transaction, commits once (one fsync for the group), and only then

@@ -12,10 +12,13 @@ under ``intake_gateway.publisher_harnesses`` (same name as the publisher) and ru
 
 What it checks: a batch arrives once, in order per ticket, bodies byte-identical; a batch
 published again (a relay retry) deduplicates by event id on the consumer side, and on brokers that
-deduplicate themselves nothing arrives twice while publish still succeeds; high-priority events,
-and only those, also arrive on the escalation route; a publisher closed and started again (or a
-new one) publishes; 1,000 events of 1 KB arrive complete and in order; events as large as the
-relay lets through by default (``queue.max_event_bytes``) arrive; an unreachable broker gives
+deduplicate themselves nothing arrives twice while publish still succeeds; escalated events
+(:attr:`~gateway.contracts.OutboundEvent.escalated`), and only those, also arrive on the
+escalation route, whatever their priority, and a real gateway configured with
+``[triage] escalate = ["medium", "high"]`` escalates its medium tickets there (a low one never);
+a publisher closed and started again (or a new one) publishes; 1,000 events of 1 KB arrive
+complete and in order; events as large as the relay lets through by default
+(``queue.max_event_bytes``) arrive; an unreachable broker gives
 :class:`~gateway.errors.TransientError` within a bounded time instead of a hang.
 """
 
@@ -25,12 +28,14 @@ import asyncio
 import importlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self
 
+import aiohttp
 import msgspec
 import pytest
 import pytest_asyncio
@@ -38,6 +43,8 @@ import pytest_asyncio
 from gateway.config import QueueConfig
 from gateway.contracts import PUBLISHER_GROUP, OutboundEvent, Publisher
 from gateway.errors import TransientError
+from gateway.relay import read_outbound
+from gateway.testing.harness import running_gateway
 from schemas.events import (
     AckSent,
     AckSentData,
@@ -60,7 +67,8 @@ __all__ = [
     "test_batch_arrives_once_in_order",
     "test_closed_publisher_starts_again",
     "test_empty_batch_is_a_no_op",
-    "test_escalation_route_carries_high_priority_only",
+    "test_escalation_follows_the_triage_escalate_setting",
+    "test_escalation_route_carries_escalated_events_only",
     "test_event_at_the_size_cap_arrives",
     "test_large_batch_arrives_complete_and_ordered",
     "test_republished_batch_deduplicates_by_id",
@@ -144,13 +152,15 @@ _TEXT = "您好，路由器从昨晚开始无法连接，指示灯一直闪红�
 
 
 def make_events(
-    count: int, *, tickets: int = 4, body_size: int | None = None, tag: str | None = None
+    count: int, *, tickets: int = 4, body_size: int | None = None, tag: str | None = None,
+    escalate: Collection[str] = ("high",),
 ) -> list[OutboundEvent]:
     """``count`` real CloudEvents over ``tickets`` ticket numbers, ids unique to this call.
 
     Types cycle through ``ticket.created``, ``ticket.message_added`` and ``ack.sent``; the ticket
-    events of every other ticket are high priority (``ack.sent`` has none). ``body_size`` pads
-    each body to that many bytes.
+    events of every other ticket are high priority, the others medium (``ack.sent`` has none).
+    A ticket event is escalated when its priority is in ``escalate``, as ``[triage] escalate``
+    decides it. ``body_size`` pads each body to that many bytes.
     """
     tag = tag or uuid.uuid4().hex[:12]
     base = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
@@ -159,21 +169,22 @@ def make_events(
         event_type = _TYPES[i % len(_TYPES)]
         ticket_no = f"CS{20240501:08d}{i % tickets:04d}"
         priority = None if event_type == "ack.sent" else ("high", "medium")[(i % tickets) % 2]
+        escalated = priority in escalate
         event_id = f"{tag}-{i:06d}"
-        body = _body(event_id, event_type, ticket_no, priority, base + timedelta(seconds=i), "")
+        when = base + timedelta(seconds=i)
+        body = _body(event_id, event_type, ticket_no, priority, escalated, when, "")
         if body_size is not None and len(body) < body_size:
             pad = "x" * (body_size - len(body))
-            body = _body(event_id, event_type, ticket_no, priority, base + timedelta(seconds=i),
-                         pad)
+            body = _body(event_id, event_type, ticket_no, priority, escalated, when, pad)
         events.append(
             OutboundEvent(seq=i + 1, id=event_id, type=event_type, subject=ticket_no,
-                          priority=priority, body=body)
+                          priority=priority, body=body, escalated=escalated)
         )
     return events
 
 
 def _body(event_id: str, event_type: str, ticket_no: str, priority: str | None,
-          when: datetime, pad: str) -> bytes:
+          escalated: bool, when: datetime, pad: str) -> bytes:
     """One CloudEvent in structured JSON, as the core encodes it."""
     common: dict[str, Any] = {
         "id": event_id, "source": "urn:intake-gateway:test", "subject": ticket_no, "time": when,
@@ -186,7 +197,7 @@ def _body(event_id: str, event_type: str, ticket_no: str, priority: str | None,
     ticket = TicketView(number=ticket_no, kind="fault", area="technical",
                         priority=priority or "medium", created_at=when,
                         due_at=when + timedelta(hours=2), channel="email",
-                        escalated=priority == "high")
+                        escalated=escalated)
     contact = ContactView(id="c-1", name="王小明", email="wang@example.cn")
     message = MessageView(id=f"m-{event_id}", channel="email", received_at=when,
                           subject="路由器故障", text=_TEXT + pad)
@@ -278,8 +289,8 @@ def _assert_route(delivered: Sequence[Delivered], expected: Sequence[OutboundEve
         assert got == want, f"ticket {subject}: out of order"
 
 
-def _high(events: Sequence[OutboundEvent]) -> list[OutboundEvent]:
-    return [e for e in events if e.priority == "high"]
+def _escalated(events: Sequence[OutboundEvent]) -> list[OutboundEvent]:
+    return [e for e in events if e.escalated]
 
 
 async def _started(harness: PublisherHarness, **settings: Any) -> Publisher:
@@ -299,7 +310,7 @@ async def test_batch_arrives_once_in_order(publisher_harness: PublisherHarness) 
         await asyncio.wait_for(publisher.publish(events), ARRIVAL_TIMEOUT)
     finally:
         await publisher.close()
-    expected = len(events) + len(_high(events))
+    expected = len(events) + len(_escalated(events))
     got = await publisher_harness.received(expected, timeout=ARRIVAL_TIMEOUT)
     _assert_route(_route(got, escalation=False), events)
     assert len(got) == expected, f"{len(got)} messages for {expected} expected: duplicates"
@@ -316,7 +327,7 @@ async def test_republished_batch_deduplicates_by_id(publisher_harness: Publisher
         duplicates = publisher_harness.reported_duplicates(publisher)
     finally:
         await publisher.close()
-    once = len(events) + len(_high(events))
+    once = len(events) + len(_escalated(events))
     if publisher_harness.broker_dedup:
         got = await publisher_harness.received(once, timeout=ARRIVAL_TIMEOUT)
         assert len(got) == once, "the broker let a re-published id through"
@@ -324,24 +335,94 @@ async def test_republished_batch_deduplicates_by_id(publisher_harness: Publisher
     else:
         got = await publisher_harness.received(2 * once, timeout=ARRIVAL_TIMEOUT)
     _assert_route(_dedup(_route(got, escalation=False)), events)
-    _assert_route(_dedup(_route(got, escalation=True)), _high(events))
+    _assert_route(_dedup(_route(got, escalation=True)), _escalated(events))
 
 
 @pytest.mark.asyncio
-async def test_escalation_route_carries_high_priority_only(
+async def test_escalation_route_carries_escalated_events_only(
     publisher_harness: PublisherHarness,
 ) -> None:
-    events = make_events(30, tickets=5)
-    assert 0 < len(_high(events)) < len(events)
+    # Medium tickets escalated and high ones not: a route decided by priority fails both ways.
+    events = make_events(30, tickets=5, escalate=("medium",))
+    assert 0 < len(_escalated(events)) < len(events)
+    assert any(e.priority == "high" and not e.escalated for e in events)
     publisher = await _started(publisher_harness)
     try:
         await asyncio.wait_for(publisher.publish(events), ARRIVAL_TIMEOUT)
     finally:
         await publisher.close()
-    got = await publisher_harness.received(len(events) + len(_high(events)),
+    got = await publisher_harness.received(len(events) + len(_escalated(events)),
                                            timeout=ARRIVAL_TIMEOUT)
-    _assert_route(_route(got, escalation=True), _high(events))
+    _assert_route(_route(got, escalation=True), _escalated(events))
     _assert_route(_route(got, escalation=False), events)
+
+
+_TRIAGE_RULES = """
+[[triage.rules]]
+name = "outage"
+keywords = ["outage"]
+set_kind = "complaint"
+[[triage.rules]]
+name = "idea"
+keywords = ["idea"]
+set_kind = "suggestion"
+"""
+# Complaints are high, consultations (the default kind) medium, suggestions low.
+_TICKETS = {
+    "high": "Total outage of the service since this morning",
+    "medium": "How do I change the delivery address of my order?",
+    "low": "An idea: a dark mode for the app",
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("escalate", [None, ["medium", "high"]],
+                         ids=["escalate-default", "escalate-medium-high"])
+async def test_escalation_follows_the_triage_escalate_setting(
+    publisher_harness: PublisherHarness, escalate: list[str] | None, tmp_path: Path,
+) -> None:
+    # A real gateway triages, stores and reads back the events as its relay does; the publisher
+    # under test carries them. ``escalate`` is the operator's, not the publisher's, decision.
+    setting = "" if escalate is None else f"escalate = {msgspec.json.encode(escalate).decode()}"
+    numbers: dict[str, str] = {}
+    async with running_gateway(f"[triage]\n{setting}\n{_TRIAGE_RULES}", tmp_path) as gw:
+        async with aiohttp.ClientSession() as session:
+            for priority, text in _TICKETS.items():
+                body: dict[str, Any] = {"contact": {"email": f"{priority}@example.org"},
+                                        "text": text}
+                async with session.post(f"{gw.url}/v1/messages", json=body) as resp:
+                    assert resp.status in (200, 201), await resp.text()
+                    numbers[priority] = (await resp.json())["ticket_number"]
+            # A follow-up is an event of the same ticket and escalates with it.
+            body = {"contact": {"email": "medium@example.org"}, "text": "Any news?",
+                    "ticket_number": numbers["medium"]}
+            async with session.post(f"{gw.url}/v1/messages", json=body) as resp:
+                assert resp.status in (200, 201), await resp.text()
+        # The response comes after the commit, so every event is in the outbox by now.
+        events = await gw.store.read(lambda conn: read_outbound(conn, 0, 1000))
+    triaged = {str(e.subject): msgspec.json.decode(e.body)["data"]["ticket"]["priority"]
+               for e in events if e.type == "ticket.created"}
+    assert triaged == {numbers[p]: p for p in _TICKETS}, "triage did not give the test's priorities"
+    assert len([e for e in events if e.subject == numbers["medium"]
+                and e.type.startswith("ticket.")]) == 2
+
+    publisher = await _started(publisher_harness)
+    try:
+        await asyncio.wait_for(publisher.publish(events), ARRIVAL_TIMEOUT)
+    finally:
+        await publisher.close()
+    escalating = {numbers[p] for p in (escalate or ["high"])}
+    expected = [e for e in events if e.type.startswith("ticket.") and e.subject in escalating]
+    got = await publisher_harness.received(len(events) + len(expected), timeout=ARRIVAL_TIMEOUT)
+    _assert_route(_route(got, escalation=False), events)
+    _assert_route(_route(got, escalation=True), expected)
+    on_route = {d.id for d in _route(got, escalation=True)}
+    escalated = {e.subject for e in events if e.id in on_route}
+    assert (numbers["medium"] in escalated) == (escalate is not None), (
+        f"medium ticket {'not ' if escalate else ''}on the escalation route with escalate = "
+        f"{escalate or 'the default'}")
+    assert numbers["low"] not in escalated
+    assert numbers["high"] in escalated
 
 
 @pytest.mark.asyncio
@@ -361,7 +442,7 @@ async def test_closed_publisher_starts_again(publisher_harness: PublisherHarness
     finally:
         await again.close()
     events = first + second + third
-    got = await publisher_harness.received(len(events) + len(_high(events)),
+    got = await publisher_harness.received(len(events) + len(_escalated(events)),
                                            timeout=ARRIVAL_TIMEOUT)
     _assert_route(_route(got, escalation=False), events)
 
@@ -379,7 +460,7 @@ async def test_large_batch_arrives_complete_and_ordered(
         elapsed = time.perf_counter() - started
     finally:
         await publisher.close()
-    got = await publisher_harness.received(len(events) + len(_high(events)), timeout=60)
+    got = await publisher_harness.received(len(events) + len(_escalated(events)), timeout=60)
     main = _route(got, escalation=False)
     _assert_route(main, events)
     if publisher_harness.total_order:
@@ -428,6 +509,6 @@ async def test_event_at_the_size_cap_arrives(publisher_harness: PublisherHarness
         await asyncio.wait_for(publisher.publish(events), ARRIVAL_TIMEOUT)
     finally:
         await publisher.close()
-    got = await publisher_harness.received(len(events) + len(_high(events)),
+    got = await publisher_harness.received(len(events) + len(_escalated(events)),
                                            timeout=ARRIVAL_TIMEOUT)
     _assert_route(_route(got, escalation=False), events)
