@@ -27,7 +27,7 @@ from gateway.plugin import (
 from schemas import Contact, InboundMessage, ThreadHints
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$")
+_LANGUAGE_TAG = re.compile(r"^(?=.{1,35}$)[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$")
 _MAX_ID = 200
 """Characters of an id the payload gives (idempotency key, chat id, order number...)."""
 _CHUNK = 65_536
@@ -159,8 +159,8 @@ class WebhookAdapter(AdapterBase):
         if text is None:
             path = source.fields["text"].text
             raise PayloadMismatch(f"the payload has no `{path}` (mapped to text)", field=path)
-        email = source.read(payload, "email", limit=254)
-        phone = source.read(payload, "phone", limit=64)
+        email = source.read(payload, "email", limit=None)
+        phone = source.read(payload, "phone", limit=None)
         chat_id = source.read(payload, "chat_id")
         if not (email or phone or chat_id):
             paths = ", ".join(f"`{source.fields[f].text}`" for f in ("email", "phone", "chat_id")
@@ -176,7 +176,7 @@ class WebhookAdapter(AdapterBase):
             # The operator vouches for the platform that holds the secret (docs/integrators.md).
             verified_by=source.verified_by,
         )
-        locale = source.read(payload, "locale", limit=35)
+        locale = source.read(payload, "locale", limit=None)
         return InboundMessage(
             channel=self.kind, delivery_scope=source.name,
             provider_message_id=self._delivery_id(source, payload, body, delivery_id),
