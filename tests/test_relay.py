@@ -1,25 +1,35 @@
-"""The relay end to end: gateway → outbox → real brokers (NATS JetStream, Redis) and the local
-webhook receiver, through outages, refusals and oversize events."""
+"""The relay end to end: gateway → outbox → real brokers (NATS JetStream, RabbitMQ, Redis) and the
+local webhook receiver, through outages, refusals and oversize events, and escalation by
+``[triage] escalate``."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aio_pika
 import aiohttp
 import pytest
 
 from gateway.config import parse_config
 from gateway.contracts import OutboundEvent
 from gateway.errors import ConfigError
+from gateway.queues.rabbitmq import LEGACY_ESCALATIONS_BINDING
 from gateway.relay import read_dead_letters, read_outbound
 from gateway.runtime import Gateway
 from gateway.testing.harness import read_events
-from gateway.testing.publisher_harnesses import NatsHarness, RedisHarness, WebhookHarness
+from gateway.testing.publisher_contract import Delivered
+from gateway.testing.publisher_harnesses import (
+    NatsHarness,
+    RabbitMqHarness,
+    RedisHarness,
+    WebhookHarness,
+)
 from gateway.testing.servers import PrivateServer
 from tests.conftest import MakeGateway
 from tests.test_publisher_outages import nats_server, redis_server  # noqa: F401  (fixtures)
@@ -379,3 +389,93 @@ async def test_webhook_outage_delivery_resumes_within_seconds(
         assert took < RESUME_BOUND
         log = await outbox(gw)
         assert delivered_ids(harness) == [e.id for e in log]
+
+
+# --- escalation follows [triage] escalate, through the relay (issue 10) ------------------------
+
+TRIAGE_RULES = """
+[[triage.rules]]
+name = "outage"
+keywords = ["outage"]
+set_kind = "complaint"
+[[triage.rules]]
+name = "idea"
+keywords = ["idea"]
+set_kind = "suggestion"
+"""
+"""Complaints (``outage``) are high, consultations (the default kind) medium, suggestions
+(``idea``) low."""
+
+
+async def post_by_priority(gw: Gateway) -> dict[str, str]:
+    """A high, a medium and a low ticket, each followed up once: priority -> ticket number."""
+    texts = {"high": "Total outage since this morning", "medium": "How do I change my address?",
+             "low": "An idea: a dark mode"}
+    numbers: dict[str, str] = {}
+    async with aiohttp.ClientSession() as s:
+        for priority, text in texts.items():
+            numbers[priority] = await post(s, gw, f"{priority}@example.org", text)
+            await post(s, gw, f"{priority}@example.org", "Any news?", numbers[priority])
+    return numbers
+
+
+def escalated_tickets(events: list[OutboundEvent], delivered: list[Delivered]) -> set[str]:
+    """The tickets whose events arrived on the escalation route."""
+    on_route = {d.id for d in delivered if d.escalation}
+    return {e.subject for e in events if e.id in on_route}
+
+
+async def test_rabbitmq_escalation_queue_follows_escalate_not_its_old_binding(
+        make_gateway: MakeGateway) -> None:
+    # escalate = ["medium"]: the high ticket is not escalated, so an escalation queue still
+    # bound by priority (#.high, as an earlier version declared it) would show it.
+    async with RabbitMqHarness() as harness:
+        assert harness.url is not None
+        connection = await aio_pika.connect(harness.url, timeout=5)
+        try:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(harness.exchange,
+                                                      aio_pika.ExchangeType.TOPIC, durable=True)
+            queue = await channel.get_queue(harness.escalation_queue)
+            await queue.bind(exchange, routing_key=LEGACY_ESCALATIONS_BINDING)
+        finally:
+            await connection.close()
+        gw = await make_gateway(
+            f'[triage]\nescalate = ["medium"]\n{TRIAGE_RULES}'
+            f'[queue]\nbackend = "rabbitmq"\n'
+            f'[queue.settings]\nurl = "{harness.url}"\nexchange = "{harness.exchange}"\n'
+            f'queue = "{harness.queue}"\nescalation_queue = "{harness.escalation_queue}"\n')
+        numbers = await post_by_priority(gw)
+        await drained(gw)
+        log = await outbox(gw)
+        medium = [e for e in log if e.subject == numbers["medium"] and e.type.startswith("ticket.")]
+        got = await harness.received(len(log) + len(medium), timeout=10)
+    assert sorted(d.id for d in got if not d.escalation) == sorted(e.id for e in log)
+    assert sorted(d.id for d in got if d.escalation) == sorted(e.id for e in medium)
+    assert escalated_tickets(log, got) == {numbers["medium"]}
+
+
+async def test_an_outbox_from_before_the_flag_escalates_as_its_tickets_do(
+        make_gateway: MakeGateway, tmp_path: Path) -> None:
+    # Events written by an earlier version have no escalated column: opening the store adds it
+    # and takes each event's value from its ticket, so the backlog escalates as it should.
+    data = tmp_path / "old"
+    gw = await make_gateway(f'[triage]\nescalate = ["medium"]\n{TRIAGE_RULES}', data_dir=data)
+    numbers = await post_by_priority(gw)
+    await gw.stop()
+    conn = sqlite3.connect(gw.store.path)
+    try:
+        conn.execute("ALTER TABLE events DROP COLUMN escalated")
+    finally:
+        conn.close()
+    async with RedisHarness() as harness:
+        gw = await make_gateway(
+            f'[triage]\nescalate = ["medium"]\n{TRIAGE_RULES}'
+            f'[queue]\nbackend = "redis"\n'
+            f'[queue.settings]\nurl = "{harness.url}"\nstream = "{harness.stream}"\n'
+            f'escalation_stream = "{harness.escalation_stream}"\n', data_dir=data)
+        await drained(gw)
+        log = await outbox(gw)
+        assert [e.type for e in log if e.escalated] == ["ticket.created", "ticket.message_added"]
+        got = await harness.received(len(log) + 2, timeout=10)
+    assert escalated_tickets(log, got) == {numbers["medium"]}

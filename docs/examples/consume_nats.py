@@ -1,7 +1,7 @@
 """Consume intake events from NATS JetStream: durable pull consumer, dedup by id, explicit ack.
 
     python consume_nats.py --durable helpdesk                 # every event
-    python consume_nats.py --durable oncall --escalations     # high priority only
+    python consume_nats.py --durable oncall --escalations     # escalated events only
 
 Prints one JSON line per new event. Needs ``pip install nats-py``.
 """
@@ -25,7 +25,7 @@ def handle(event: dict) -> None:
 async def consume(args: argparse.Namespace) -> None:
     nc = await nats.connect(args.url)
     js = nc.jetstream()
-    # Escalations are a second copy of each high-priority event on their own subject tree.
+    # Escalations are a second copy of each escalated event on their own subject tree.
     route = "escalations" if args.escalations else "events"
     # A durable consumer remembers what was acked: a restarted consumer resumes where it was.
     sub = await js.pull_subscribe(f"{args.prefix}.{route}.>", durable=args.durable,
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--stream", default="INTAKE")
     parser.add_argument("--prefix", default="intake", help="the gateway's subject_prefix")
     parser.add_argument("--durable", default="helpdesk", help="durable consumer name")
-    parser.add_argument("--escalations", action="store_true", help="high priority only")
+    parser.add_argument("--escalations", action="store_true", help="escalated events only")
     parser.add_argument("--max", type=int, default=2**63, help="stop after N events")
     parser.add_argument("--timeout", type=float, default=float("inf"), help="stop after S s")
     asyncio.run(consume(parser.parse_args()))

@@ -1,7 +1,7 @@
 """Consume intake events from RabbitMQ: the gateway's durable queue, dedup by id, ack.
 
     python consume_rabbitmq.py --queue intake.events          # every event
-    python consume_rabbitmq.py --queue intake.escalations     # high priority only
+    python consume_rabbitmq.py --queue intake.escalations     # escalated events only
 
 Prints one JSON line per new event. Needs ``pip install aio-pika``.
 """
@@ -27,7 +27,7 @@ async def consume(args: argparse.Namespace) -> None:
     async with connection:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=100)
-        # The gateway declares its queues (events bound with "#", escalations with "#.high");
+        # The gateway declares its queues (events bound "#", escalations "escalation.#");
         # ensure=True only checks that the queue exists. Your own queue can bind the exchange
         # "intake.events" with a routing key pattern such as "ticket.created.*".
         queue = await channel.get_queue(args.queue, ensure=True)

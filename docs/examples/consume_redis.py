@@ -1,7 +1,7 @@
 """Consume intake events from Redis Streams: a consumer group, dedup by id, XACK.
 
     python consume_redis.py --stream intake:events --group helpdesk         # every event
-    python consume_redis.py --stream intake:escalations --group oncall      # high priority only
+    python consume_redis.py --stream intake:escalations --group oncall      # escalated events only
 
 Prints one JSON line per new event. Needs ``pip install redis``.
 """

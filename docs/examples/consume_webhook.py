@@ -2,7 +2,7 @@
 
     WEBHOOK_SECRET=whsec_... python consume_webhook.py --port 9000 --path /events
 
-Point the gateway's ``url`` (every event) or ``escalation_url`` (high priority only) at it.
+Point the gateway's ``url`` (every event) or ``escalation_url`` (escalated events only) at it.
 Prints one JSON line per new event. Needs ``pip install aiohttp``.
 """
 
