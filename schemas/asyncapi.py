@@ -71,7 +71,8 @@ def asyncapi_document(version: str) -> dict[str, Any]:
             },
             "escalations": {
                 "address": "intake.escalations.{type}",
-                "description": "The same events again, for high-priority tickets only.",
+                "description": "The same events again, for escalated tickets only "
+                               "(see triage.escalate).",
                 "parameters": {"type": {"enum": [_tag(c) for c in EVENT_CLASSES]}},
                 "messages": {name: {"$ref": f"#/components/messages/{name}"}
                              for name in messages},
