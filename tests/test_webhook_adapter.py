@@ -347,6 +347,10 @@ async def test_missing_idempotency_field_and_bad_json_are_refused(serve: Any) ->
     junk = b'{"data": '
     resp = await client.post("/webhooks/reviews", data=junk, headers=_signed(junk, msg_id="m2"))
     assert resp.status == 400 and "JSON" in (await resp.json())["error"]
+    for n, odd in enumerate((b"[" * 100_000 + b"]" * 100_000, b'{"a": 1' + b"0" * 5000 + b"}")):
+        resp = await client.post("/webhooks/reviews", data=odd,
+                                 headers=_signed(odd, msg_id=f"odd{n}"))
+        assert resp.status == 400, await resp.text()
     latin = '{"data": "caf\xe9"}'.encode("latin-1")
     resp = await client.post("/webhooks/reviews", data=latin, headers=_signed(latin, msg_id="m3"))
     assert resp.status == 400

@@ -148,6 +148,8 @@ class WebhookAdapter(AdapterBase):
             payload = _decode(body)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise RejectedInput(f"the body is not valid UTF-8 JSON: {exc}") from None
+        except RecursionError:
+            raise RejectedInput("the JSON is nested too deeply") from None
         message = self.to_message(source, payload, body=body, delivery_id=signed.delivery_id)
         receipt = await self.intake.submit(message, reply=Inline())
         return web.Response(body=_encode(receipt), content_type="application/json")
