@@ -25,6 +25,7 @@ import msgspec
 from prometheus_client import Counter
 
 from gateway.acks import pick_locale, render_ack
+from gateway.config import AckPolicy
 from gateway.decision import AckFacts
 from gateway.errors import PermanentError, TransientError
 from gateway.ids import new_id
@@ -38,22 +39,6 @@ ACKS = Counter("intake_acks_total", "Outbox acknowledgements by channel and resu
 
 _facts = msgspec.json.Decoder(AckFacts)
 _encode = msgspec.json.Encoder().encode
-
-
-class AckPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[acks]``: retries and the per-recipient limit."""
-
-    per_recipient_limit: int = 5
-    """Most acknowledgements one recipient gets per window (breaks loops with other robots)."""
-    per_recipient_window: float = 3600.0
-    """Seconds."""
-    max_attempts: int = 8
-    """Transient failures before an acknowledgement is given up (``ack.failed``)."""
-    max_backoff: float = 300.0
-    parallel_recipients: int = 8
-    """Recipients served at the same time. One recipient's acknowledgements always go one after
-    the other (the per-recipient limit is counted between them); different recipients' overlap,
-    so their status updates share a group commit instead of waiting for one fsync each."""
 
 
 class AckDispatcher:

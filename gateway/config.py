@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from gateway.ack_dispatch import AckPolicy
 from gateway.errors import ConfigError
-from gateway.logs import register_secret
 from gateway.numbering import NumberingConfig
+from gateway.plugin.settings import (  # noqa: F401  (re-exported: the core's callers use these)
+    is_loopback,
+    parse_duration,
+    resolve_secret,
+    split_listen,
+)
 from gateway.sla import CalendarConfig, TargetsConfig
 from gateway.triage import TriageConfig
 
@@ -122,6 +125,22 @@ class QueueConfig(_Section):
             raise ValueError("queue: max_event_bytes >= 0, max_backoff > 0, max_attempts >= 1")
 
 
+class AckPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[acks]``: retries and the per-recipient limit."""
+
+    per_recipient_limit: int = 5
+    """Most acknowledgements one recipient gets per window (breaks loops with other robots)."""
+    per_recipient_window: float = 3600.0
+    """Seconds."""
+    max_attempts: int = 8
+    """Transient failures before an acknowledgement is given up (``ack.failed``)."""
+    max_backoff: float = 300.0
+    parallel_recipients: int = 8
+    """Recipients served at the same time. One recipient's acknowledgements always go one after
+    the other (the per-recipient limit is counted between them); different recipients' overlap,
+    so their status updates share a group commit instead of waiting for one fsync each."""
+
+
 class Config(_Section):
     """The root of ``gateway.toml``; every key is documented in ``deploy/gateway.example.toml``."""
 
@@ -172,66 +191,3 @@ def _describe(exc: msgspec.ValidationError) -> str:
     # msgspec says "... - at `$.server.listen`"; config users think in dotted TOML keys.
     text = str(exc)
     return re.sub(r"`\$\.?([^`]*)`", lambda m: f"`{m.group(1) or '(root)'}`", text)
-
-
-def resolve_secret(env: str | None, file: str | None, *, key: str) -> str | None:
-    """Read a secret from the environment variable ``env`` or the file ``file`` (one of them).
-
-    Raises ConfigError naming ``key`` when the named variable or file is missing or empty.
-    Every value read is registered with the log redactor, so it never appears in a log line.
-    """
-    value = _read_secret(env, file, key=key)
-    register_secret(value)
-    return value
-
-
-def _read_secret(env: str | None, file: str | None, *, key: str) -> str | None:
-    if env and file:
-        raise ConfigError(f"{key}: give either {key}_env or {key}_file, not both")
-    if env:
-        value = os.environ.get(env)
-        if not value:
-            raise ConfigError(f"{key}_env names ${env}, which is not set or empty")
-        return value
-    if file:
-        try:
-            value = Path(file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{key}_file: cannot read {file}: {exc.strerror}") from exc
-        if not value:
-            raise ConfigError(f"{key}_file: {file} is empty")
-        return value
-    return None
-
-
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str, *, key: str) -> timedelta:
-    """``"90s"``, ``"15m"``, ``"24h"``, ``"7d"`` → timedelta; else ConfigError naming ``key``."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ConfigError(f"{key}: expected a duration like '30s', '15m', '24h' or '7d', "
-                          f"got {text!r}")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
-
-
-def split_listen(listen: str, *, key: str = "server.listen") -> tuple[str, int]:
-    """``"host:port"`` (IPv6 in brackets) → (host, port)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ConfigError(f"{key}: expected HOST:PORT, got {listen!r}")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

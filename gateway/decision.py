@@ -18,6 +18,7 @@ import msgspec
 from gateway.ids import new_id
 from gateway.inline import fit_inline
 from gateway.numbering import TicketNumbering
+from gateway.plugin.contract import Outbox
 from gateway.triage import TriageResult
 from schemas import (
     ContactView,
@@ -40,14 +41,8 @@ from schemas import (
 _encode = msgspec.json.Encoder().encode
 
 
-class OutboxAck(msgspec.Struct, frozen=True, kw_only=True):
-    """An acknowledgement to send later through a channel's sender (not in the response)."""
-
-    channel: str
-    """Sender channel: ``email``, ``sms``, ``telegram``..."""
-    to: str
-    reply_to: str | None = None
-    """The provider id to answer (email Message-ID, chat message id), if the channel threads."""
+OutboxAck = Outbox
+"""An acknowledgement to send later through a channel's sender: the contract's ``Outbox``."""
 
 
 class SubmissionPlan(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,9 +30,17 @@ from gateway.fingerprint import content_fingerprint, normalize_for_dedup
 from gateway.ids import new_id
 from gateway.language import with_language
 from gateway.numbering import TicketNumbering
-from gateway.sla import BusinessCalendar, due_at
+from gateway.plugin.contract import (
+    INLINE,
+    InlineOnPhone,
+    IntakeLimits,
+    Nobody,
+    Outbox,
+    Reply,
+)
+from gateway.sla import BusinessCalendar, due_at, format_due
 from gateway.triage import Triager
-from schemas import Attachment, FileNotKept, InboundMessage, Receipt
+from schemas import Acknowledgement, Attachment, FileNotKept, InboundMessage, Outcome, Receipt
 
 SUBMITTED = Counter("intake_messages_total", "Messages submitted, by channel and outcome",
                     ["channel", "outcome"])
@@ -76,24 +84,55 @@ class IntakeService:
         self.public_url = public_url.rstrip("/")
         """Base of the ``body_url`` events carry; empty leaves them out."""
 
+        self.limits = IntakeLimits(
+            max_text_chars=config.intake.max_text_chars,
+            max_attachments=config.intake.max_attachments,
+            max_attachment_bytes=attachments.max_bytes,
+            max_body_bytes=config.server.max_body_bytes,
+            default_locale=pick_locale(config.intake.default_locale, "zh-CN"))
+        """See :attr:`gateway.plugin.Intake.limits`."""
+
     async def store_attachment(self, data: bytes, *, name: str, content_type: str) -> Attachment:
         return await self.attachments.put(data, name=name, content_type=content_type)
+
+    def parse_ticket_number(self, text: str) -> str | None:
+        """See :meth:`gateway.plugin.Intake.parse_ticket_number`."""
+        return self.numbering.parse(text)
+
+    def find_ticket_numbers(self, text: str) -> list[str]:
+        """See :meth:`gateway.plugin.Intake.find_ticket_numbers`."""
+        return self.numbering.find_in(text)
+
+    def format_due(self, due_at: datetime, locale: str) -> str:
+        """See :meth:`gateway.plugin.Intake.format_due`."""
+        return format_due(due_at, pick_locale(locale, self.limits.default_locale), self.calendar)
+
+    def render_ack(self, *, number: str, outcome: Outcome, due_at: datetime,
+                   locale: str) -> Acknowledgement:
+        """See :meth:`gateway.plugin.Intake.render_ack`."""
+        return render_ack(number=number, outcome=outcome, due_at=due_at,
+                          locale=pick_locale(locale, self.limits.default_locale),
+                          calendar=self.calendar)
 
     async def first_use(self, scope: str, key: str, *, ttl: float) -> bool:
         """See :meth:`gateway.contracts.Intake.first_use`."""
         return await self.store.first_use(scope, key, ttl=ttl)  # type: ignore[attr-defined]
 
-    async def submit(self, message: InboundMessage, *, ack_via: OutboxAck | None = None,
-                     inline_reaches_phone: bool = False, unreachable: bool = False) -> Receipt:
-        """See :meth:`gateway.contracts.Intake.submit`.
+    async def submit(self, message: InboundMessage, *, reply: Reply = INLINE,
+                     ack_via: OutboxAck | None = None, inline_reaches_phone: bool = False,
+                     unreachable: bool = False) -> Receipt:
+        """See :meth:`gateway.plugin.Intake.submit`.
 
-        ``ack_via`` names the outbox route for channels that cannot answer in their own
-        response; ``None`` means the adapter shows the receipt's acknowledgement itself.
-        ``inline_reaches_phone`` says that inline answer already lands on the customer's phone
-        (an SMS or WhatsApp reply), so high priority needs no extra SMS. ``unreachable`` says
-        nobody can be told at all (a voice mail from a landline or a withheld number): the
-        events then do not claim an inline acknowledgement.
+        ``ack_via``, ``inline_reaches_phone`` and ``unreachable`` are the spelling of ``reply``
+        before the contract had it (an outbox route; inline on the phone; nobody): kept for
+        callers that have not moved, each the same as the matching ``Reply``.
         """
+        if isinstance(reply, Outbox):
+            ack_via = reply
+        elif isinstance(reply, InlineOnPhone):
+            inline_reaches_phone = True
+        elif isinstance(reply, Nobody):
+            unreachable = True
         started = time.perf_counter()
         try:
             self._validate(message)

@@ -87,12 +87,9 @@ class Gateway:
             config, self.store, self.attachments,
             ack_channels=frozenset(ch for c in senders for ch in getattr(c, "ack_channels", ())),
             public_url=public_url)
-        self.context = AdapterContext(data_dir=str(self.data_dir), public_url=public_url,
-                                      listen_host=self.host,
-                                      default_locale=config.intake.default_locale,
-                                      ephemeral_ports=self._ephemeral)
+        self.public_url = public_url
         self.adapters: list[Any] = [
-            cls(self.adapter_configs[kind], self.intake, self.context)
+            cls(self.adapter_configs[kind], self.intake, self.context_for(kind))
             for kind, cls in self.adapter_classes.items()
             if getattr(self.adapter_configs[kind], "enabled", True)
         ]
@@ -115,6 +112,15 @@ class Gateway:
         self.http_gate = ConnectionGate("http", total=server.max_connections,
                                         per_peer=server.max_connections_per_peer,
                                         exempt=server.per_peer_exempt)
+
+    def context_for(self, kind: str) -> AdapterContext:
+        """The :class:`AdapterContext` of adapter ``kind``: its state, its logger, our URLs."""
+        return AdapterContext(kind=kind, data_dir=str(self.data_dir), public_url=self.public_url,
+                              listen_host=self.host,
+                              default_locale=self.config.intake.default_locale,
+                              state=self.store.adapter_state(kind),
+                              log=logging.getLogger(f"intake.{kind}"),
+                              ephemeral_ports=self._ephemeral)
 
     def _refuse_open_listener(self) -> None:
         # Off loopback, every door must be locked: an unauthenticated API or event feed would

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import sla
 from gateway.errors import ConfigError
 from gateway.sla import (
     BusinessCalendar,
@@ -105,7 +104,7 @@ def test_holidays_are_built_once_per_year(monkeypatch: pytest.MonkeyPatch) -> No
         calls.append(years)
         return real(country, years=years)
 
-    monkeypatch.setattr(sla.holidays_lib, "country_holidays", counting)
+    monkeypatch.setattr(holidays, "country_holidays", counting)
     calendar = BusinessCalendar(CalendarConfig())
     start = shanghai(2026, 3, 2, 10, 0)
     for minutes in range(0, 60 * 24 * 30, 97):

@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 """1: the first schema. 2: ``identities.verified`` (claims), ``ack_refs.unguessable``,
-``replay_guards``, ``messages.ticket_id`` nullable (``automated`` messages have no ticket)."""
+``replay_guards``, ``adapter_state``, ``messages.ticket_id`` nullable (``automated`` messages
+have no ticket)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -70,6 +71,9 @@ CREATE TABLE IF NOT EXISTS replay_guards(
     scope TEXT NOT NULL, key TEXT NOT NULL, expires_at INTEGER NOT NULL,
     PRIMARY KEY(scope, key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS replay_guards_expiry ON replay_guards(expires_at);
+CREATE TABLE IF NOT EXISTS adapter_state(
+    kind TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, updated_at INTEGER NOT NULL,
+    PRIMARY KEY(kind, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events(
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
     subject TEXT NOT NULL, priority TEXT, created_at INTEGER NOT NULL, body BLOB NOT NULL,
@@ -347,10 +351,6 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE ack_refs SET unguessable = 1 WHERE ref IN"
                      " (SELECT provider_id FROM acks WHERE channel = 'email'"
                      " AND provider_id IS NOT NULL)")
-
-
-class SqliteStore:
-    """Embedded store: submissions go to one writer thread that commits them in groups.
     if "escalated" not in columns("events"):
         # One transaction: a crash between the two must not leave the column without its values.
         conn.execute("BEGIN IMMEDIATE")
@@ -359,6 +359,10 @@ class SqliteStore:
         conn.execute("UPDATE events SET escalated = 1 WHERE type LIKE 'ticket.%' AND subject IN"
                      " (SELECT number FROM tickets WHERE escalated = 1)")
         conn.execute("COMMIT")
+
+
+class SqliteStore:
+    """Embedded store: submissions go to one writer thread that commits them in groups.
 
     ``run(fn)`` queues ``fn(tx)``; the writer drains the queue, runs each op in its own
     SAVEPOINT inside one transaction, commits once (one fsync for the group), and only then
@@ -518,6 +522,10 @@ class SqliteStore:
         await self.run(lambda tx: tx.conn.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('ready_probe', ?)", (stamp,)))
 
+    def adapter_state(self, kind: str) -> SqliteAdapterState:
+        """The durable key-value state of adapter ``kind`` (``gateway.plugin.AdapterState``)."""
+        return SqliteAdapterState(self, kind)
+
     async def message_body(self, uid: str) -> bytes | None:
         """The stored ``InboundMessage`` (msgpack) of message ``uid``, or None."""
         def one(c: sqlite3.Connection) -> bytes | None:
@@ -534,3 +542,54 @@ def read_events(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[
     """Committed events after ``after`` on any connection (the CLI's ``tail`` uses its own)."""
     return [(int(s), bytes(b)) for s, b in conn.execute(
         "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))]
+
+
+_MAX_STATE_KEY = 200
+
+
+class SqliteAdapterState:
+    """:class:`gateway.plugin.AdapterState` of one adapter, in the ``adapter_state`` table."""
+
+    def __init__(self, store: SqliteStore, kind: str) -> None:
+        self.store = store
+        self.kind = kind
+
+    @staticmethod
+    def _check(key: str) -> None:
+        if not 0 < len(key) <= _MAX_STATE_KEY:
+            raise ValueError(f"adapter state keys are 1 to {_MAX_STATE_KEY} characters")
+
+    async def get(self, key: str) -> bytes | None:
+        self._check(key)
+        kind = self.kind
+
+        def one(c: sqlite3.Connection) -> bytes | None:
+            row = c.execute("SELECT value FROM adapter_state WHERE kind = ? AND key = ?",
+                            (kind, key)).fetchone()
+            return None if row is None else bytes(row[0])
+        return await self.store.read(one)
+
+    async def put(self, key: str, value: bytes) -> None:
+        self._check(key)
+        row = (self.kind, key, bytes(value), time.time_ns() // 1000)
+        await self.store.run(lambda tx: tx.conn.execute(
+            "INSERT INTO adapter_state(kind, key, value, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(kind, key) DO UPDATE SET value = excluded.value,"
+            " updated_at = excluded.updated_at", row))
+
+    async def delete(self, key: str) -> None:
+        self._check(key)
+        kind = self.kind
+        await self.store.run(lambda tx: tx.conn.execute(
+            "DELETE FROM adapter_state WHERE kind = ? AND key = ?", (kind, key)))
+
+    async def items(self, prefix: str = "") -> list[tuple[str, bytes]]:
+        kind = self.kind
+        # Range scan on the primary key: keys from prefix up to prefix + the highest code point.
+        high = prefix + "\U0010ffff"
+
+        def scan(c: sqlite3.Connection) -> list[tuple[str, bytes]]:
+            return [(str(k), bytes(v)) for k, v in c.execute(
+                "SELECT key, value FROM adapter_state WHERE kind = ? AND key >= ? AND key < ?"
+                " ORDER BY key", (kind, prefix, high))]
+        return await self.store.read(scan)
