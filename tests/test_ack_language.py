@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.smtp import SmtpAdapter
+from adapters.mail import SmtpAdapter
 from adapters.twilio import one_segment, sms_ack_text
 from gateway.acks import SUPPORTED_LOCALES, ack_locale, pick_locale, render_ack
 from gateway.language import detect_language, message_language

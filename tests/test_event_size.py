@@ -14,7 +14,7 @@ import aiohttp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.smtp import SmtpAdapter
+from adapters.mail import SmtpAdapter
 from gateway.inline import cut_utf8, fit_inline
 from gateway.testing.drivers_mail import smtp_transaction
 from gateway.testing.harness import read_events

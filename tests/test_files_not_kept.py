@@ -9,7 +9,7 @@ import os
 
 import aiohttp
 
-from adapters.smtp import SmtpAdapter
+from adapters.mail import SmtpAdapter
 from gateway.testing.drivers_mail import smtp_transaction
 from gateway.testing.fakes import FakeTwilio
 from gateway.testing.harness import read_events

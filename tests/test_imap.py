@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from adapters.imap import ImapAdapter
+from adapters.mail import ImapAdapter
 from gateway.runtime import Gateway
 from gateway.testing.dovecot import PrivateDovecot, require_dovecot
 from gateway.testing.drivers_mail import customer_mail

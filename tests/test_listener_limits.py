@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.smtp import SmtpAdapter
+from adapters.mail import SmtpAdapter
 from gateway.limits import peer_key
 from gateway.logs import ResourceErrorThrottle
 from gateway.runtime import Gateway

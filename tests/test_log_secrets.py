@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from adapters.api import sign_request
-from adapters.smtp import SmtpAdapter
+from adapters.mail import SmtpAdapter
 from gateway.runtime import Gateway
 from gateway.testing.fakes import FakeTelegram
 from gateway.testing.fakes.twilio import FakeTwilio, signed_webhook

@@ -13,8 +13,7 @@ from functools import partial
 import aiohttp
 import pytest
 
-from adapters.mailer import MailerAdapter, MailerConfig
-from adapters.smtp import SmtpAdapter
+from adapters.mail import MailerAdapter, MailerConfig, SmtpAdapter
 from gateway.contracts import AdapterContext
 from gateway.errors import PermanentError, TransientError
 from gateway.runtime import Gateway

@@ -1,4 +1,4 @@
-"""gateway.mail.loop_policy: which mail is a person's, on real mail and on header sets."""
+"""adapters.mail.loop_policy: which mail is a person's, on real mail and on header sets."""
 
 # Full-width CJK punctuation and typographic dashes in the test data are the point.
 
@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.mail.loop_policy import (
+from adapters.mail.loop_policy import (
     MailClass,
     bounced_message_ids,
     classify,
     should_acknowledge,
 )
-from gateway.mail.parse import ParsedEmail, parse_email
+from adapters.mail.parse import ParsedEmail, parse_email
 
 CORPUS = Path(__file__).parent / "corpus" / "email"
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "email"

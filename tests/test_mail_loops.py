@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from adapters.smtp import SmtpAdapter
+from adapters.mail import SmtpAdapter
 from gateway.runtime import Gateway
 from gateway.testing.drivers_mail import SmtpReply, customer_mail, smtp_transaction
 from gateway.testing.harness import outbox_settled, read_events

@@ -1,4 +1,4 @@
-"""gateway.mail.parse and gateway.mail.charsets: every corpus mail, generated mails, properties.
+"""adapters.mail.parse and adapters.mail.charsets: every corpus mail, generated mails, properties.
 
 The corpus is real third-party mail (tests/corpus/SOURCES.md). The AGPL ``kopano_*`` mails are
 not copied into the project: they are read from ``../shared/corpus/email/`` when it exists.
@@ -25,10 +25,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import RejectedInput
-from gateway.mail.charsets import codec_chain, decode_bytes, decode_encoded_words
-from gateway.mail.loop_policy import classify
-from gateway.mail.parse import (
+from adapters.mail.charsets import codec_chain, decode_bytes, decode_encoded_words
+from adapters.mail.loop_policy import classify
+from adapters.mail.parse import (
     MailLimits,
     ParsedEmail,
     html_to_text,
@@ -37,6 +36,7 @@ from gateway.mail.parse import (
     sanitize_html,
     to_inbound,
 )
+from gateway.errors import RejectedInput
 from schemas.message import InboundMessage
 
 CORPUS = Path(__file__).parent / "corpus" / "email"

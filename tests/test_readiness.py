@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from adapters.smtp import SmtpAdapter
+from adapters.mail import SmtpAdapter
 from gateway.testing.drivers_mail import customer_mail, smtp_transaction
 from tests.conftest import MakeGateway
 

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from adapters.api import sign_request
-from adapters.smtp import SmtpAdapter
+from adapters.mail import SmtpAdapter
 from gateway.runtime import Gateway
 from gateway.testing.drivers import first_number
 from gateway.testing.drivers_mail import SmtpReply, customer_mail, smtp_transaction

@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from gateway.testing.fakes.twilio import signed_webhook
-from gateway.twilio_protocol import (
+from adapters.twilio.protocol import (
     GSM7_BASIC,
     GSM7_EXTENSION,
     classify_keyword,
@@ -26,6 +25,7 @@ from gateway.twilio_protocol import (
     sms_segments,
     verify_twilio_signature,
 )
+from gateway.testing.fakes.twilio import signed_webhook
 
 CORPUS = Path(__file__).parent / "corpus" / "twilio"
 VECTORS = json.loads((CORPUS / "signature_test_vectors.json").read_text())["vectors"]

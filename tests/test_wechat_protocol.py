@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
-from gateway.wechat_protocol import (
+from adapters.wechat.protocol import (
     WeChatCrypto,
     check_signature,
     escape_cdata,
@@ -22,6 +21,7 @@ from gateway.wechat_protocol import (
     render_xml,
     to_push,
 )
+from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
 
 CORPUS = Path(__file__).parent / "corpus" / "wechat"
 VECTORS = {

@@ -20,7 +20,7 @@ Why compat32 and not ``email.policy.default``: the default policy parses address
 Message-ID headers eagerly and raises (IndexError, AttributeError, TypeError) on malformed
 ones, and its ``get_content`` raises LookupError for charsets Python does not know. Here
 compat32 keeps every header as the raw string (8-bit bytes as surrogate escapes) and the
-decoding is ours, with the charset fallbacks of :mod:`gateway.mail.charsets`.
+decoding is ours, with the charset fallbacks of :mod:`adapters.mail.charsets`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ from typing import Any
 import msgspec
 import nh3
 
-from gateway.errors import RejectedInput
-from gateway.mail.charsets import (
+from adapters.mail.charsets import (
     codec_chain,
     decode_bytes,
     decode_encoded_words,
@@ -50,7 +49,8 @@ from gateway.mail.charsets import (
     locale_for_charset,
     to_raw_bytes,
 )
-from gateway.mail.loop_policy import classify, should_acknowledge
+from adapters.mail.loop_policy import classify, should_acknowledge
+from gateway.errors import RejectedInput
 from schemas.message import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
 
 MiB = 1024 * 1024

@@ -31,6 +31,18 @@ from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 from yarl import URL
 
+from adapters.twilio.protocol import (
+    GSM7_BASIC,
+    GSM7_EXTENSION,
+    classify_keyword,
+    compute_twilio_signature,
+    fit_one_segment,
+    public_url,
+    render_twiml_empty,
+    render_twiml_message,
+    render_voice_record_twiml,
+    verify_twilio_signature,
+)
 from gateway.config import parse_duration, resolve_secret
 from gateway.contracts import AdapterContext
 from gateway.decision import OutboxAck
@@ -44,18 +56,6 @@ from gateway.errors import (
 )
 from gateway.intake import IntakeService, now_utc
 from gateway.media import IDENTITY, MediaHosts, MediaRefused, file_not_kept, read_limited
-from gateway.twilio_protocol import (
-    GSM7_BASIC,
-    GSM7_EXTENSION,
-    classify_keyword,
-    compute_twilio_signature,
-    fit_one_segment,
-    public_url,
-    render_twiml_empty,
-    render_twiml_message,
-    render_voice_record_twiml,
-    verify_twilio_signature,
-)
 from schemas import (
     Acknowledgement,
     Attachment,

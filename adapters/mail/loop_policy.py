@@ -2,7 +2,7 @@
 
 Contract:
 
-- :func:`classify` reads a :class:`~gateway.mail.parse.ParsedEmail` (or just the headers, as a
+- :func:`classify` reads a :class:`~adapters.mail.parse.ParsedEmail` (or just the headers, as a
   mapping or an ``email.message.Message``) and the optional SMTP envelope sender, and returns a
   :class:`MailClass`: one ``kind`` and every ``reason`` that led to it. It never raises.
 - Only ``human`` mail is acknowledged (:func:`should_acknowledge`). Everything else is still
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from gateway.mail.charsets import decode_encoded_words
+from adapters.mail.charsets import decode_encoded_words
 
 if TYPE_CHECKING:
-    from gateway.mail.parse import ParsedEmail
+    from adapters.mail.parse import ParsedEmail
 
 MailKind = Literal["human", "auto_reply", "bounce", "read_receipt", "list", "feedback_report"]
 

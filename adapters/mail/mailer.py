@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, ClassVar
 
 import msgspec
 
+from adapters.mail.send import check_address, compose_ack
 from gateway.config import is_loopback, resolve_secret
 from gateway.contracts import AdapterContext
 from gateway.errors import ConfigError, PermanentError, TransientError
-from gateway.mail.send import check_address, compose_ack
 from schemas import Acknowledgement
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class MailerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class MailerAdapter:
-    """Acknowledgements by email: composed by :mod:`gateway.mail.send`, sent with smtplib."""
+    """Acknowledgements by email: composed by :mod:`adapters.mail.send`, sent with smtplib."""
 
     kind: ClassVar[str] = "mailer"
     Config: ClassVar[type[msgspec.Struct]] = MailerConfig

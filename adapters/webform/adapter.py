@@ -33,7 +33,7 @@ from schemas import Contact, CustomerType, InboundMessage, Kind, Receipt, Thread
 
 log = logging.getLogger("intake.webform")
 
-_TEMPLATES = Path(__file__).parent / "templates" / "webform"
+_TEMPLATES = Path(__file__).parent / "templates"
 
 
 class WebformConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -18,15 +18,15 @@ import msgspec
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from prometheus_client import Counter
 
+from adapters.mail.keep import keep_raw, store_mail_attachments
+from adapters.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
+from adapters.mail.parse import MailLimits, parse_email, to_inbound
 from gateway.config import split_listen
 from gateway.contracts import AdapterContext
 from gateway.decision import OutboxAck
 from gateway.errors import ConfigError, RejectedInput, StorageFull, TransientError
 from gateway.intake import now_utc
 from gateway.limits import ConnectionGate, TokenBuckets, peer_key
-from gateway.mail.keep import keep_raw, store_mail_attachments
-from gateway.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
-from gateway.mail.parse import MailLimits, parse_email, to_inbound
 from schemas import InboundMessage, Receipt
 
 if TYPE_CHECKING:

@@ -15,12 +15,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from gateway.config import is_loopback, parse_duration, resolve_secret
-from gateway.contracts import AdapterContext
-from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
-from gateway.intake import IntakeService, now_utc
-from gateway.media import IDENTITY, MediaRefused, file_not_kept, read_limited
-from gateway.wechat_protocol import (
+from adapters.wechat.protocol import (
     WeChatCrypto,
     WeChatPush,
     check_signature,
@@ -28,6 +23,11 @@ from gateway.wechat_protocol import (
     render_text_reply,
     to_push,
 )
+from gateway.config import is_loopback, parse_duration, resolve_secret
+from gateway.contracts import AdapterContext
+from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
+from gateway.intake import IntakeService, now_utc
+from gateway.media import IDENTITY, MediaRefused, file_not_kept, read_limited
 from schemas import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
 
 log = logging.getLogger("intake.wechat")

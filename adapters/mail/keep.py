@@ -12,8 +12,8 @@ from gateway.errors import TooLarge
 from schemas import FileNotKept
 
 if TYPE_CHECKING:
+    from adapters.mail.parse import ParsedEmail
     from gateway.contracts import Intake
-    from gateway.mail.parse import ParsedEmail
     from schemas import Attachment
 
 

@@ -20,15 +20,15 @@ import msgspec
 from imapclient import IMAPClient
 from prometheus_client import Counter, Gauge
 
+from adapters.mail.keep import keep_raw, store_mail_attachments
+from adapters.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
+from adapters.mail.parse import MailLimits, parse_email, to_inbound
 from gateway.config import is_loopback, resolve_secret
 from gateway.contracts import AdapterContext
 from gateway.decision import OutboxAck
 from gateway.errors import ConfigError, RejectedInput, TransientError
 from gateway.files import write_durably
 from gateway.intake import now_utc
-from gateway.mail.keep import keep_raw, store_mail_attachments
-from gateway.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
-from gateway.mail.parse import MailLimits, parse_email, to_inbound
 
 if TYPE_CHECKING:
     from aiohttp import web

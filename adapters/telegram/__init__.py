@@ -1,0 +1,6 @@
+"""Telegram bot (``adapters.telegram:TelegramAdapter``): webhook or long polling, files,
+acknowledgements as replies in the chat."""
+
+from adapters.telegram.adapter import TelegramAdapter, TelegramConfig, safe_file_path
+
+__all__ = ["TelegramAdapter", "TelegramConfig", "safe_file_path"]
