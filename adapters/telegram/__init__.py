@@ -1,5 +1,8 @@
-"""Telegram bot (``adapters.telegram:TelegramAdapter``): webhook or long polling, files,
-acknowledgements as replies in the chat."""
+"""Telegram bot (``adapters.telegram:TelegramAdapter``).
+
+- ``wire``: the update, message and file Structs the adapter decodes.
+- ``adapter``: webhook or long polling, files, acknowledgements as replies in the chat.
+"""
 
 from adapters.telegram.adapter import TelegramAdapter, TelegramConfig, safe_file_path
 

@@ -1,20 +1,17 @@
 """Twilio: SMS, MMS, WhatsApp and voice mail (``adapters.twilio:TwilioAdapter``).
 
 - ``protocol``: signatures, TwiML, GSM-7 segments, keywords; no I/O (the fake uses it too).
-- ``adapter``: the adapter.
+- ``adapter``: the adapter, its config, routes and webhook verification.
+- ``messaging``: inbound SMS, MMS and WhatsApp, and their media.
+- ``voice``: voice mail, its callbacks and the sweeper.
+- ``outbound``: acknowledgements sent later through the REST API, delivery reports.
+- ``state``: the adapter's own opt-outs, delivery reports and calls in progress.
 """
 
-from adapters.twilio.adapter import (
-    TwilioAdapter,
-    TwilioConfig,
-    TwilioState,
-    VoiceCall,
-    can_receive_sms,
-    form_pairs,
-    guess_locale,
-    one_segment,
-    sms_ack_text,
-)
+from adapters.twilio.adapter import TwilioAdapter, TwilioConfig, form_pairs
+from adapters.twilio.common import can_receive_sms, guess_locale
+from adapters.twilio.outbound import one_segment, sms_ack_text
+from adapters.twilio.state import TwilioState, VoiceCall
 
 __all__ = ["TwilioAdapter", "TwilioConfig", "TwilioState", "VoiceCall", "can_receive_sms",
            "form_pairs", "guess_locale", "one_segment", "sms_ack_text"]
