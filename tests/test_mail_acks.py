@@ -14,12 +14,12 @@ import aiohttp
 import pytest
 
 from adapters.mail import MailerAdapter, MailerConfig, SmtpAdapter
-from gateway.contracts import AdapterContext
 from gateway.errors import PermanentError, TransientError
 from gateway.runtime import Gateway
 from gateway.testing.drivers import first_number
 from gateway.testing.drivers_mail import SmtpReply, customer_mail, smtp_transaction
 from gateway.testing.harness import outbox_settled, read_events
+from gateway.testing.recording import context
 from gateway.testing.services import free_port
 from gateway.testing.smtp_capture import CapturedMail, SmtpCapture
 from schemas import Acknowledgement
@@ -176,8 +176,7 @@ async def test_an_attachment_is_stored_with_a_safe_name(make_gateway: MakeGatewa
 
 
 def mailer(port: int) -> MailerAdapter:
-    ctx = AdapterContext(data_dir="/nonexistent", public_url="http://127.0.0.1:1",
-                         listen_host="127.0.0.1", default_locale="zh-CN")
+    ctx = context("mailer", public_url="http://127.0.0.1:1")
     return MailerAdapter(MailerConfig(port=port, from_address=SUPPORT), None, ctx)  # type: ignore[arg-type]
 
 
