@@ -28,9 +28,6 @@ from telegram.error import Forbidden as TelegramForbidden
 from telegram.request import HTTPXRequest
 
 from adapters.telegram.wire import TgFile, TgMessage, TgUpdate, _decode_update
-from gateway.config import resolve_secret
-from gateway.contracts import AdapterContext
-from gateway.decision import OutboxAck
 from gateway.errors import (
     ConfigError,
     Forbidden,
@@ -39,8 +36,17 @@ from gateway.errors import (
     TooLarge,
     TransientError,
 )
-from gateway.intake import IntakeService, now_utc
-from gateway.media import IDENTITY, MediaRefused, file_not_kept, read_limited
+from gateway.plugin import (
+    IDENTITY,
+    AdapterBase,
+    AdapterContext,
+    Intake,
+    MediaRefused,
+    Outbox,
+    file_not_kept,
+    read_limited,
+    resolve_secret,
+)
 from schemas import (
     Acknowledgement,
     Attachment,
@@ -98,19 +104,19 @@ class TelegramConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 _ALLOWED_UPDATES = ["message", "edited_message"]
 
 
-class TelegramAdapter:
+class TelegramAdapter(AdapterBase):
     """Messages to the bot become tickets; the acknowledgement is a reply in the same chat."""
 
     kind: ClassVar[str] = "telegram"
     Config: ClassVar[type[msgspec.Struct]] = TelegramConfig
     ack_channels: ClassVar[tuple[str, ...]] = ("telegram",)
 
-    def __init__(self, config: TelegramConfig, intake: IntakeService,
-                 ctx: AdapterContext) -> None:
-        self.config = config
-        self.intake = intake
-        self.ctx = ctx
-        self.authenticated = True
+    config: TelegramConfig
+    intake: Intake
+    ctx: AdapterContext
+
+    def __init__(self, config: TelegramConfig, intake: Intake, ctx: AdapterContext) -> None:
+        super().__init__(config, intake, ctx)
         token = resolve_secret(config.token_env, config.token_file,
                                key="adapters.telegram.token")
         match = _TOKEN.match(token or "")
@@ -330,7 +336,7 @@ class TelegramAdapter:
         replied = msg.reply_to_message
         if replied and replied.from_ and str(replied.from_.id) == self.bot_id:
             in_reply_to = f"telegram:{msg.chat.id}:{replied.message_id}"
-        found = self.intake.numbering.find_in(text)
+        found = self.intake.find_ticket_numbers(text)
         metadata = {"telegram.chat_id": str(msg.chat.id),
                     "telegram.message_id": str(msg.message_id),
                     "telegram.date": str(msg.date), **notes}
@@ -339,7 +345,7 @@ class TelegramAdapter:
         name = " ".join(x for x in (sender.first_name, sender.last_name) if x) or sender.username
         message = InboundMessage(
             channel=self.kind, provider_message_id=key, delivery_scope=self.bot_id,
-            received_at=now_utc(),
+            received_at=self.ctx.clock(),
             contact=Contact(name=name, phone=phone, chat_ids={"telegram": str(sender.id)},
                             verified_by="telegram"),
             text=text, attachments=attachments, files_not_kept=not_kept,
@@ -347,7 +353,7 @@ class TelegramAdapter:
                                ticket_number=found[0] if found else None),
             locale=sender.language_code, conversational=True, metadata=metadata,
         )
-        await self.intake.submit(message, ack_via=OutboxAck(
+        await self.intake.submit(message, reply=Outbox(
             channel="telegram", to=str(msg.chat.id), reply_to=str(msg.message_id)))
 
     async def _files(self, msg: TgMessage

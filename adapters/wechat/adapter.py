@@ -23,11 +23,19 @@ from adapters.wechat.protocol import (
     render_text_reply,
     to_push,
 )
-from gateway.config import is_loopback, parse_duration, resolve_secret
-from gateway.contracts import AdapterContext
 from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
-from gateway.intake import IntakeService, now_utc
-from gateway.media import IDENTITY, MediaRefused, file_not_kept, read_limited
+from gateway.plugin import (
+    IDENTITY,
+    AdapterBase,
+    AdapterContext,
+    Intake,
+    MediaRefused,
+    file_not_kept,
+    is_loopback,
+    parse_duration,
+    read_limited,
+    resolve_secret,
+)
 from schemas import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
 
 log = logging.getLogger("intake.wechat")
@@ -74,17 +82,18 @@ class WeChatConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_image_bytes: int = 10_485_760
 
 
-class WeChatAdapter:
+class WeChatAdapter(AdapterBase):
     """Pushes become tickets; the passive reply carries the acknowledgement (no outbox)."""
 
     kind: ClassVar[str] = "wechat"
     Config: ClassVar[type[msgspec.Struct]] = WeChatConfig
 
-    def __init__(self, config: WeChatConfig, intake: IntakeService, ctx: AdapterContext) -> None:
-        self.config = config
-        self.intake = intake
-        self.ctx = ctx
-        self.authenticated = True
+    config: WeChatConfig
+    intake: Intake
+    ctx: AdapterContext
+
+    def __init__(self, config: WeChatConfig, intake: Intake, ctx: AdapterContext) -> None:
+        super().__init__(config, intake, ctx)
         token = resolve_secret(config.token_env, config.token_file, key="adapters.wechat.token")
         if not token:
             raise ConfigError("adapters.wechat: set token_env (or token_file) to the Token of "
@@ -261,10 +270,10 @@ class WeChatAdapter:
     async def _submit(self, push: WeChatPush, msg_key: str) -> bytes | None:
         not_kept: list[FileNotKept] = []
         text, attachments, metadata = await self._content(push, not_kept)
-        found = self.intake.numbering.find_in(text)
+        found = self.intake.find_ticket_numbers(text)
         message = InboundMessage(
             channel=self.kind, provider_message_id=msg_key, delivery_scope=push.to_user,
-            received_at=now_utc(),
+            received_at=self.ctx.clock(),
             contact=Contact(chat_ids={"wechat": push.from_user}, verified_by="wechat-signature"),
             text=text, attachments=attachments, files_not_kept=not_kept,
             thread=ThreadHints(ticket_number=found[0] if found else None),
@@ -319,7 +328,7 @@ class WeChatAdapter:
                 host == h or host.endswith("." + h) for h in self.config.image_hosts):
             meta["wechat.image"] = "not fetched: host not in image_hosts"
             return None
-        limit = min(self.config.max_image_bytes, self.intake.attachments.max_bytes)
+        limit = min(self.config.max_image_bytes, self.intake.limits.max_attachment_bytes)
         try:
             async with self._session.get(url, headers=IDENTITY, allow_redirects=False) as resp:
                 if resp.status != 200:
