@@ -5,18 +5,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import time
 from collections.abc import Iterable
 from typing import ClassVar
 
 import msgspec
 from aiohttp import web
 
-from gateway.config import parse_duration, resolve_secret
-from gateway.contacts import normalize_email, normalize_phone
-from gateway.contracts import AdapterContext
 from gateway.errors import Forbidden, RejectedInput, Unauthorized
-from gateway.intake import IntakeService, now_utc
+from gateway.plugin import (
+    AdapterBase,
+    AdapterContext,
+    Intake,
+    normalize_email,
+    normalize_phone,
+    parse_duration,
+    resolve_secret,
+)
 from schemas import Contact, InboundMessage, ThreadHints
 from schemas.api import ApiMessage
 
@@ -66,29 +70,27 @@ class SignatureReplayed(RejectedInput):
     smtp_code = 550
 
 
-class ApiAdapter:
+class ApiAdapter(AdapterBase):
     """JSON in, receipt out: 201 with the ticket for ``created``, 200 for the other outcomes."""
 
     kind: ClassVar[str] = "api"
     Config: ClassVar[type[msgspec.Struct]] = ApiConfig
     requires_auth_off_loopback: ClassVar[bool] = True
 
-    def __init__(self, config: ApiConfig, intake: IntakeService, ctx: AdapterContext) -> None:
-        self.config = config
-        self.intake = intake
+    def __init__(self, config: ApiConfig, intake: Intake, ctx: AdapterContext) -> None:
+        super().__init__(config, intake, ctx)
+        self.config: ApiConfig = config
         self.secret = resolve_secret(config.secret_env, config.secret_file,
                                      key="adapters.api.secret")
         self.window = parse_duration(config.replay_window, key="adapters.api.replay_window")
-        self.authenticated = self.secret is not None
+
+    @property
+    def authenticated(self) -> bool:
+        """Signed requests only once a secret is set."""
+        return self.secret is not None
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [web.post(self.config.path, self.handle)]
-
-    async def start(self) -> None:
-        """Nothing beyond the HTTP route."""
-
-    async def stop(self) -> None:
-        """Nothing to release."""
 
     async def _verify(self, request: web.Request, body: bytes) -> None:
         assert self.secret is not None
@@ -102,14 +104,15 @@ class ApiAdapter:
         if not (ts.isascii() and ts.isdigit() and len(ts) <= 12):
             raise Unauthorized("X-Intake-Timestamp must be Unix seconds")
         window = self.window.total_seconds()
-        if abs(time.time() - int(ts)) > window:
+        now = self.ctx.clock().timestamp()
+        if abs(now - int(ts)) > window:
             raise Unauthorized("X-Intake-Timestamp is outside the accepted window; check the "
                                "client's clock and sign each request afresh")
         if not sig.isascii() or not hmac.compare_digest(
                 sig.encode("ascii"), sign_request(self.secret, ts, body).encode()):
             raise Forbidden("the signature does not match the body")
         # Kept until the timestamp leaves the window on its far side, across restarts.
-        ttl = max(int(ts) + window - time.time(), 0.0) + 1.0
+        ttl = max(int(ts) + window - now, 0.0) + 1.0
         if not await self.intake.first_use("api:signature", sig, ttl=ttl):
             raise SignatureReplayed(
                 "this exact signed request was accepted already (replay guard); to retry, "
@@ -156,7 +159,8 @@ class ApiAdapter:
                        for a in req.attachments]
         locale = req.locale or _header_locale(accept_language)
         return InboundMessage(
-            channel=self.kind, provider_message_id=key, received_at=now_utc(), contact=contact,
+            channel=self.kind, provider_message_id=key, received_at=self.ctx.clock(),
+            contact=contact,
             subject=req.subject.strip(), text=req.text, attachments=attachments,
             thread=ThreadHints(in_reply_to=req.in_reply_to, ticket_number=req.ticket_number),
             locale=locale or None, customer_type=req.customer_type,

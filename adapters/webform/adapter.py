@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import logging
 import math
 import re
 import secrets
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,19 +21,23 @@ import msgspec
 from aiohttp import BodyPartReader, HttpVersion11, MultipartReader, StreamReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.acks import SUPPORTED_LOCALES, pick_locale, render_ack
-from gateway.attachments import safe_filename
-from gateway.config import parse_duration
-from gateway.contacts import normalize_email, normalize_phone
-from gateway.contracts import AdapterContext
 from gateway.errors import ConfigError, RejectedInput, TooLarge, TransientError
-from gateway.intake import IntakeService, now_utc
-from gateway.sla import format_due
+from gateway.plugin import (
+    AdapterBase,
+    AdapterContext,
+    Intake,
+    normalize_email,
+    normalize_phone,
+    parse_duration,
+)
+from gateway.plugin.locales import pick_locale
 from schemas import Contact, CustomerType, InboundMessage, Kind, Receipt, ThreadHints
 
-log = logging.getLogger("intake.webform")
-
 _TEMPLATES = Path(__file__).parent / "templates"
+
+SUPPORTED_LOCALES = ("zh-CN", "zh-TW", "en")
+"""The page's languages: the acknowledgement languages the core has (each page shows its
+receipt in its own language, so the two lists are one)."""
 
 
 class WebformConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -293,13 +297,13 @@ def _file_name(raw: str) -> str:
     return name
 
 
-class WebformAdapter:
+class WebformAdapter(AdapterBase):
     """The form customers fill in; the answer page shows the ticket number and the due time."""
 
     kind: ClassVar[str] = "webform"
     Config: ClassVar[type[msgspec.Struct]] = WebformConfig
 
-    def __init__(self, config: WebformConfig, intake: IntakeService, ctx: AdapterContext) -> None:
+    def __init__(self, config: WebformConfig, intake: Intake, ctx: AdapterContext) -> None:
         if not config.path.startswith("/"):
             raise ConfigError("adapters.webform.path must start with '/'")
         if config.rate_limit < 0 or config.max_attachments < 0 or config.max_attachment_bytes < 1:
@@ -308,15 +312,15 @@ class WebformAdapter:
         window = parse_duration(config.rate_window, key="adapters.webform.rate_window")
         if window.total_seconds() <= 0:
             raise ConfigError("adapters.webform.rate_window must be longer than zero")
-        self.config = config
-        self.intake = intake
+        super().__init__(config, intake, ctx)
+        self.config: WebformConfig = config
         # The core has its own limits; enforcing the smaller while streaming means the person
         # is told before anything is stored, and the page states the limit that really holds.
-        self.max_files = min(config.max_attachments, intake.config.intake.max_attachments)
-        self.max_file_bytes = min(config.max_attachment_bytes, intake.attachments.max_bytes)
+        self.max_files = min(config.max_attachments, intake.limits.max_attachments)
+        self.max_file_bytes = min(config.max_attachment_bytes, intake.limits.max_attachment_bytes)
         # The whole body: room for the files and the text, never more than the listener's own
         # limit (which aiohttp does not apply to streamed multipart bodies).
-        self.max_body_bytes = min(intake.config.server.max_body_bytes,
+        self.max_body_bytes = min(intake.limits.max_body_bytes,
                                   self.max_files * self.max_file_bytes + _TEXT_ROOM)
         self.default_locale = pick_locale(ctx.default_locale, "zh-CN")
         self.limiter = (ClientRateLimiter(config.rate_limit, window.total_seconds())
@@ -328,12 +332,6 @@ class WebformAdapter:
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [web.get(self.config.path, self.show_form),
                 web.post(self.config.path, self.handle_post, expect_handler=self.expect)]
-
-    async def start(self) -> None:
-        """Nothing beyond the HTTP routes."""
-
-    async def stop(self) -> None:
-        """Nothing to release."""
 
     # -- pages -----------------------------------------------------------------------------
 
@@ -463,19 +461,20 @@ class WebformAdapter:
                                        status=exc.status)
             return self._form_page(locale, form=form, notice=problem.render(t),
                                    status=exc.status)
-        log.info("webform submission: outcome=%s ticket=%s", receipt.outcome,
+        self.ctx.log.info("webform submission: outcome=%s ticket=%s", receipt.outcome,
                  receipt.ticket_number)
         return self._receipt_page(receipt, locale)
 
     def _receipt_page(self, receipt: Receipt, locale: str) -> web.Response:
-        due = format_due(receipt.due_at, locale, self.intake.calendar)  # type: ignore[arg-type]
+        due = self.intake.format_due(receipt.due_at, locale)  # type: ignore[arg-type]
         ack = None
         if receipt.acknowledgement is not None:
             # The person chose this page's language: the receipt on it speaks it too, whatever
             # language they typed in (events and later mail follow their words).
-            ack = render_ack(number=receipt.acknowledgement.ticket_number,
-                             outcome=receipt.outcome, due_at=receipt.acknowledgement.due_at,
-                             locale=locale, calendar=self.intake.calendar).text
+            ack = self.intake.render_ack(number=receipt.acknowledgement.ticket_number,
+                                         outcome=receipt.outcome,
+                                         due_at=receipt.acknowledgement.due_at,
+                                         locale=locale).text
         return self._page("receipt.html", locale, receipt=receipt,
                           number=receipt.ticket_number, due=due, ack=ack)
 
@@ -608,7 +607,7 @@ class WebformAdapter:
             errors["message"] = Problem("err_message")
         ticket = f.get("ticket_number") or None
         if ticket is not None:
-            parsed = self.intake.numbering.parse(ticket)
+            parsed = self.intake.parse_ticket_number(ticket)
             if parsed is None:
                 errors["ticket_number"] = Problem("err_ticket")
             ticket = parsed
@@ -624,7 +623,7 @@ class WebformAdapter:
                                    status=413) from None
         return InboundMessage(
             channel=self.kind, provider_message_id=self._delivery_id(f, attachments),
-            received_at=now_utc(),
+            received_at=self.ctx.clock(),
             contact=Contact(name=f.get("name") or None, email=email, phone=phone),
             subject=f.get("subject", ""), text=text, attachments=attachments,
             thread=ThreadHints(ticket_number=ticket), locale=locale,
@@ -635,7 +634,7 @@ class WebformAdapter:
         )
 
     def _too_large(self, filename: str) -> Problem:
-        return Problem("err_file_too_large", {"name": safe_filename(filename),
+        return Problem("err_file_too_large", {"name": _safe_name(filename),
                                               "size": _human_size(self.max_file_bytes)})
 
     @staticmethod
@@ -652,3 +651,21 @@ class WebformAdapter:
         content["attachments"] = ",".join(a.sha256 for a in attachments)
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         return f"{token}.{digest[:32]}"
+
+
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+
+
+def _safe_name(name: str, *, fallback: str = "attachment") -> str:
+    """A file name fit to show back on the page: no path, no control or reserved characters,
+    at most 120 characters. The same rule as the name ``store_attachment`` keeps, so a file
+    refused here is named as a stored one would be."""
+    name = unicodedata.normalize("NFC", name)
+    name = re.split(r"[/\\]", name)[-1]
+    name = _UNSAFE_NAME.sub("_", name).strip().lstrip(".").strip()
+    if not name:
+        return fallback
+    if len(name) > 120:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: 110] + dot + ext[:9]) if dot and len(ext) < 10 else name[:120]
+    return name
