@@ -18,8 +18,9 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from prometheus_client import Counter
@@ -29,8 +30,10 @@ from gateway.config import AckPolicy
 from gateway.decision import AckFacts
 from gateway.errors import PermanentError, TransientError
 from gateway.ids import new_id
-from gateway.store.sqlite import SqliteStore, SqliteTx
+from gateway.store.protocols import AckOutbox, AckOutboxTx, DueAck, EventLog, NewEvent
 from schemas import AckFailed, AckFailedData, AckSent, AckSentData
+
+T = TypeVar("T")
 
 log = logging.getLogger("intake.acks")
 
@@ -39,12 +42,20 @@ ACKS = Counter("intake_acks_total", "Outbox acknowledgements by channel and resu
 
 _facts = msgspec.json.Decoder(AckFacts)
 _encode = msgspec.json.Encoder().encode
+_BATCH = 50
+"""Due rows read per round."""
+
+
+class AckStore(AckOutbox, EventLog, Protocol):
+    """What the dispatcher needs of a store: the outbox, commit wake-ups, and its transaction."""
+
+    async def run(self, fn: Callable[[AckOutboxTx], T]) -> T: ...
 
 
 class AckDispatcher:
     """Drains the ``acks`` outbox; one task per gateway."""
 
-    def __init__(self, store: SqliteStore, senders: dict[str, Any], *, policy: AckPolicy,
+    def __init__(self, store: AckStore, senders: dict[str, Any], *, policy: AckPolicy,
                  calendar: Any, default_locale: str, event_source: str) -> None:
         self.store = store
         self.senders = senders
@@ -68,22 +79,22 @@ class AckDispatcher:
 
     async def _run(self) -> None:
         while True:
-            rows = await self.store.read(_due_acks)
+            rows = await self.store.due_acks(_BATCH, time.time())
             if not rows:
                 self._wake.clear()
-                next_at = await self.store.read(_next_attempt)
+                next_at = await self.store.next_ack_attempt()
                 timeout = None if next_at is None else max(0.05, next_at - time.time())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
-            groups: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+            groups: dict[tuple[str, str], list[DueAck]] = {}
             for row in rows:
-                groups.setdefault((row[2], row[3]), []).append(row)
+                groups.setdefault((row.channel, row.recipient), []).append(row)
             slots = asyncio.Semaphore(max(1, self.policy.parallel_recipients))
             await asyncio.gather(*(self._dispatch_in_order(group, slots)
                                    for group in groups.values()))
 
-    async def _dispatch_in_order(self, rows: list[tuple[Any, ...]],
+    async def _dispatch_in_order(self, rows: list[DueAck],
                                  slots: asyncio.Semaphore) -> None:
         """One recipient's rows, oldest first, while holding one of the parallel slots."""
         async with slots:
@@ -91,9 +102,9 @@ class AckDispatcher:
                 try:
                     await self._dispatch(*row)
                 except Exception:  # one bad row must not stop the others
-                    log.exception("acknowledgement %s could not be dispatched", row[0])
-                    await self.store.run(lambda tx, r=row: _finish(
-                        tx, r[0], "failed", None, "internal error", None))
+                    log.exception("acknowledgement %s could not be dispatched", row.id)
+                    await self.store.run(lambda tx, r=row: tx.finish_ack(
+                        r.id, "failed", error="internal error"))
 
     async def _dispatch(self, ack_id: int, ticket_id: int, channel: str, recipient: str,
                         reply_to: str | None, payload: bytes, attempts: int) -> None:
@@ -103,8 +114,8 @@ class AckDispatcher:
             await self._fail(ack_id, facts, channel, f"no sender for channel {channel!r}",
                              attempts)
             return
-        recent = await self.store.read(lambda c: _recent_count(
-            c, channel, recipient, time.time() - self.policy.per_recipient_window))
+        recent = await self.store.acks_sent_since(
+            channel, recipient, time.time() - self.policy.per_recipient_window)
         if recent >= self.policy.per_recipient_limit:
             await self._fail(ack_id, facts, channel, "suppressed: per-recipient limit reached",
                              attempts, status="suppressed")
@@ -122,7 +133,8 @@ class AckDispatcher:
             delay = random.uniform(0.5, 1.0) * min(self.policy.max_backoff, 2.0 ** attempts)
             ACKS.labels(channel, "retry").inc()
             error = str(exc)  # `exc` is unbound once the except block ends; the lambda runs later
-            await self.store.run(lambda tx: _retry(tx, ack_id, attempts, delay, error))
+            at = time.time() + delay
+            await self.store.run(lambda tx: tx.retry_ack(ack_id, attempts, at, error))
             return
         except PermanentError as exc:
             await self._fail(ack_id, facts, channel, str(exc), attempts + 1)
@@ -133,8 +145,9 @@ class AckDispatcher:
                                          outcome=facts.outcome, provider_message_id=provider_id))
         ACKS.labels(channel, "sent").inc()
         unguessable = bool(getattr(sender, "ack_ids_unguessable", False))
-        await self.store.run(lambda tx: _finish(tx, ack_id, "sent", provider_id, None, event,
-                                                ticket_id=ticket_id, unguessable=unguessable))
+        await self.store.run(lambda tx: tx.finish_ack(
+            ack_id, "sent", provider_id=provider_id, event=_new_event(event),
+            ticket_id=ticket_id, unguessable=unguessable))
 
     async def _fail(self, ack_id: int, facts: AckFacts, channel: str, reason: str,
                     attempts: int, *, status: str = "failed") -> None:
@@ -143,44 +156,10 @@ class AckDispatcher:
                           data=AckFailedData(ticket_number=facts.ticket_number, channel=channel,
                                              reason=reason, attempts=attempts))
         ACKS.labels(channel, status).inc()
-        await self.store.run(lambda tx: _finish(tx, ack_id, status, None, reason, event))
+        await self.store.run(lambda tx: tx.finish_ack(ack_id, status, error=reason,
+                                                      event=_new_event(event)))
 
 
-def _due_acks(conn: Any) -> list[tuple[Any, ...]]:
-    return conn.execute(
-        "SELECT id, ticket_id, channel, recipient, reply_to, payload, attempts FROM acks"
-        " WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT 50",
-        (time.time_ns() // 1000,)).fetchall()
-
-
-def _next_attempt(conn: Any) -> float | None:
-    row = conn.execute("SELECT min(next_attempt_at) FROM acks WHERE status = 'pending'").fetchone()
-    return None if row[0] is None else row[0] / 1_000_000
-
-
-def _recent_count(conn: Any, channel: str, recipient: str, since: float) -> int:
-    return int(conn.execute(
-        "SELECT count(*) FROM acks WHERE channel = ? AND recipient = ? AND status = 'sent'"
-        " AND sent_at >= ?", (channel, recipient, int(since * 1_000_000))).fetchone()[0])
-
-
-def _retry(tx: SqliteTx, ack_id: int, attempts: int, delay: float, error: str) -> None:
-    tx.conn.execute("UPDATE acks SET attempts = ?, next_attempt_at = ?, last_error = ?"
-                    " WHERE id = ?", (attempts, int((time.time() + delay) * 1_000_000),
-                                      error[:300], ack_id))
-
-
-def _finish(tx: SqliteTx, ack_id: int, status: str, provider_id: str | None, error: str | None,
-            event: AckSent | AckFailed | None, *, ticket_id: int | None = None,
-            unguessable: bool = False) -> None:
-    tx.conn.execute("UPDATE acks SET status = ?, provider_id = ?, last_error = ?, sent_at = ?"
-                    " WHERE id = ?", (status, provider_id, error and error[:300],
-                                      time.time_ns() // 1000, ack_id))
-    if provider_id and ticket_id is not None:
-        # Replies that quote our acknowledgement's id (In-Reply-To) find the ticket again.
-        # Only an unguessable id lets a reply from another address in (gateway/decision.py).
-        tx.conn.execute("INSERT OR IGNORE INTO ack_refs(ref, ticket_id, unguessable)"
-                        " VALUES (?, ?, ?)", (provider_id, ticket_id, int(unguessable)))
-    if event is not None:
-        tx.append_event(event_id=event.id, type_=type(event).__struct_config__.tag,  # type: ignore[arg-type]
-                        subject=event.subject, priority=None, body=_encode(event))
+def _new_event(event: AckSent | AckFailed) -> NewEvent:
+    return NewEvent(id=event.id, type=type(event).__struct_config__.tag,  # type: ignore[arg-type]
+                    subject=event.subject, body=_encode(event))

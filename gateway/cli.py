@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from gateway.config import Config, load_config
-from gateway.errors import ConfigError
-from gateway.files import make_private
+from gateway.errors import ConfigError, TransientError
 from gateway.logs import install_log_guards
+
+if TYPE_CHECKING:
+    from gateway.store.protocols import DeadLetters
 
 DEFAULT_DATA_DIR = "./intake-data"
 
@@ -105,22 +107,9 @@ def _schema(out: str | None) -> int:
     return 0
 
 
-def _open_offsets(path: Path) -> sqlite3.Connection | None:
-    """The consumers' positions, or None (said once) when they cannot be written."""
-    try:
-        offsets = sqlite3.connect(path, isolation_level=None)
-        offsets.execute("PRAGMA journal_mode = WAL")
-        offsets.execute("CREATE TABLE IF NOT EXISTS consumers(name TEXT PRIMARY KEY,"
-                        " position INTEGER NOT NULL)")
-    except sqlite3.OperationalError as exc:
-        print(f"intake-gateway: positions are not kept ({exc}); reading anyway", file=sys.stderr)
-        return None
-    make_private(path)  # consumer names and positions: owner-only
-    return offsets
-
-
 def _tail(args: argparse.Namespace) -> int:
-    from gateway.store.sqlite import connect, read_events
+    from gateway.store.protocols import ConsumerOffsets
+    from gateway.store.sqlite import SqliteStore
 
     data_dir = Path(args.data_dir)
     db_path = data_dir / "intake.sqlite3"
@@ -130,20 +119,21 @@ def _tail(args: argparse.Namespace) -> int:
             return 1
         time.sleep(0.5)
     # Read-only: reading what was taken in must work on a full disk or a read-only mount.
-    events = connect(db_path, readonly=True)
-    offsets = _open_offsets(data_dir / "consumers.sqlite3")
-    row = None
+    events = SqliteStore(db_path).event_reader()
+    offsets: ConsumerOffsets | None
+    try:
+        offsets = events.consumer_offsets()
+    except TransientError as exc:
+        print(f"intake-gateway: positions are not kept ({exc}); reading anyway", file=sys.stderr)
+        offsets = None
+    saved = None
     if offsets is not None and not args.from_start:
-        row = offsets.execute("SELECT position FROM consumers WHERE name = ?",
-                              (args.consumer,)).fetchone()
-    position = 0 if args.from_start or row is None else int(row[0])
+        saved = offsets.position(args.consumer)
+    position = 0 if args.from_start or saved is None else saved
     out = sys.stdout.buffer
     printed = 0
     while True:
-        try:
-            rows = read_events(events, position, 500)
-        except sqlite3.OperationalError:
-            rows = []  # the gateway is creating the schema; try again
+        rows = events.events_after(position, 500)
         if args.max:
             rows = rows[: args.max - printed]
         for _seq, body in rows:
@@ -155,10 +145,8 @@ def _tail(args: argparse.Namespace) -> int:
             printed += len(rows)
             if offsets is not None:
                 try:
-                    offsets.execute("INSERT INTO consumers(name, position) VALUES (?, ?)"
-                                    " ON CONFLICT(name) DO UPDATE SET position = excluded.position",
-                                    (args.consumer, position))
-                except sqlite3.OperationalError as exc:
+                    offsets.save(args.consumer, position)
+                except TransientError as exc:
                     print(f"intake-gateway: the position is not saved: {exc}", file=sys.stderr)
                     offsets = None
         if args.max and printed >= args.max:
@@ -170,16 +158,26 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 async def _replay(config: Config, args: argparse.Namespace) -> int:
+    from gateway.store.sqlite import SqliteStore
+
+    # The whole store, writer and all: each re-published event leaves the table durably.
+    store = SqliteStore(Path(args.data_dir) / "intake.sqlite3")
+    await store.open()
+    try:
+        return await _replay_from(store, config, args)
+    finally:
+        await store.close()
+
+
+async def _replay_from(store: DeadLetters, config: Config, args: argparse.Namespace) -> int:
     from gateway.config import convert_section
     from gateway.contracts import PUBLISHER_GROUP
     from gateway.errors import IntakeError
     from gateway.registry import load_plugin
-    from gateway.relay import read_dead_letters, replay_dead_letters
+    from gateway.relay import replay_dead_letters
 
-    db = sqlite3.connect(Path(args.data_dir) / "intake.sqlite3", isolation_level=None)
-    db.execute("PRAGMA busy_timeout = 10000")
     backend = config.queue.backend
-    letters = read_dead_letters(db, backend)
+    letters = await store.dead_letters(backend)
     for event, attempts, error in letters:
         print(f"seq {event.seq}\t{event.type}\t{event.subject}\t{attempts} attempts\t{error}")
     if args.list or not letters:
@@ -191,7 +189,7 @@ async def _replay(config: Config, args: argparse.Namespace) -> int:
         await publisher.start()
         # In sequence order; a ticket's held events only after its first (gateway/relay.py).
         done, left = await replay_dead_letters(
-            db, publisher, backend, max_event_bytes=config.queue.max_event_bytes,
+            store, publisher, backend, max_event_bytes=config.queue.max_event_bytes,
             report=lambda line: print(line, file=sys.stderr))
     except IntakeError as exc:
         print(f"intake-gateway: replay stopped: {exc}", file=sys.stderr)

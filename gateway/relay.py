@@ -32,16 +32,18 @@ import asyncio
 import contextlib
 import logging
 import random
-import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge
 
 from gateway.contracts import OutboundEvent, Publisher
 from gateway.errors import IntakeError, PermanentError, TransientError
-from gateway.store.sqlite import SqliteStore, SqliteTx
+from gateway.store.protocols import DeadLetters, EventLog, RelayTx
+
+T = TypeVar("T")
 
 log = logging.getLogger("intake.relay")
 
@@ -77,53 +79,10 @@ class Backoff:
         return random.uniform(ceiling / 2, ceiling)
 
 
-def read_outbound(conn: sqlite3.Connection, after: int, limit: int) -> list[OutboundEvent]:
-    """Outbox events with ``seq > after`` as publishers receive them, oldest first."""
-    return [OutboundEvent(seq=s, id=i, type=t, subject=subj, priority=p, body=bytes(b),
-                          escalated=bool(x))
-            for s, i, t, subj, p, b, x in conn.execute(
-                "SELECT seq, id, type, subject, priority, body, escalated FROM events"
-                " WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))]
+class RelayStore(EventLog, Protocol):
+    """What the relay needs of a store: the event log and its transaction (:class:`RelayTx`)."""
 
-
-def read_dead_letters(conn: sqlite3.Connection,
-                      publisher: str) -> list[tuple[OutboundEvent, int, str]]:
-    """Dead letters of ``publisher`` with their event, attempts and last error, oldest first."""
-    rows = conn.execute(
-        "SELECT e.seq, e.id, e.type, e.subject, e.priority, e.body, d.attempts, d.last_error,"
-        " e.escalated FROM dead_letters d JOIN events e ON e.seq = d.seq WHERE d.publisher = ?"
-        " ORDER BY d.seq", (publisher,)).fetchall()
-    return [(OutboundEvent(seq=r[0], id=r[1], type=r[2], subject=r[3], priority=r[4],
-                           body=bytes(r[5]), escalated=bool(r[8])), int(r[6]), str(r[7]))
-            for r in rows]
-
-
-def held_tickets(conn: sqlite3.Connection, publisher: str,
-                 subjects: Sequence[str] | None = None) -> dict[str, int]:
-    """Tickets (subjects) with a dead letter for ``publisher``: subject -> its first dead seq."""
-    sql = ("SELECT e.subject, min(d.seq) FROM dead_letters d JOIN events e ON e.seq = d.seq"
-           " WHERE d.publisher = ?")
-    args: list[object] = [publisher]
-    if subjects is not None:
-        if not subjects:
-            return {}
-        sql += f" AND e.subject IN ({','.join('?' * len(subjects))})"
-        args.extend(subjects)
-    return {str(s): int(q) for s, q in conn.execute(sql + " GROUP BY e.subject", args)}
-
-
-def _insert_dead_letter(conn: sqlite3.Connection, seq: int, publisher: str, attempts: int,
-                        error: str) -> int:
-    """Record a dead letter; 1 if it is new, 0 if the event was already there."""
-    # OR IGNORE: a batch re-read after a crash or a failed publish holds the same events again.
-    return conn.execute("INSERT OR IGNORE INTO dead_letters(seq, publisher, attempts, last_error,"
-                 " failed_at) VALUES (?, ?, ?, ?, ?)",
-                 (seq, publisher, attempts, error[:500], time.time_ns() // 1000)).rowcount
-
-
-def _save_position(conn: sqlite3.Connection, name: str, seq: int) -> None:
-    conn.execute("INSERT INTO relay_positions(name, position) VALUES (?, ?)"
-                 " ON CONFLICT(name) DO UPDATE SET position = excluded.position", (name, seq))
+    async def run(self, fn: Callable[[RelayTx], T]) -> T: ...
 
 
 def too_large(event: OutboundEvent, max_event_bytes: int) -> str | None:
@@ -141,7 +100,7 @@ STUCK_AFTER = 60.0
 class EventRelay:
     """Drains the outbox into one publisher; see the module docstring."""
 
-    def __init__(self, store: SqliteStore, publisher: Publisher, *, name: str, batch_size: int,
+    def __init__(self, store: RelayStore, publisher: Publisher, *, name: str, batch_size: int,
                  max_attempts: int, max_backoff: float = 5.0,
                  max_event_bytes: int = 0) -> None:
         self.store = store
@@ -183,10 +142,8 @@ class EventRelay:
         self._connected = connected
         name = self.name
 
-        def load(tx: SqliteTx) -> tuple[int, dict[str, int]]:
-            row = tx.conn.execute("SELECT position FROM relay_positions WHERE name = ?",
-                                  (name,)).fetchone()
-            return (int(row[0]) if row else 0), held_tickets(tx.conn, name)
+        def load(tx: RelayTx) -> tuple[int, dict[str, int]]:
+            return tx.relay_position(name), tx.held_tickets(name)
         self.position, self.held = await self.store.run(load)
         self.store.on_commit(lambda _seq: self._wake.set())
         self._task = asyncio.create_task(self._run(), name=f"relay-{self.name}")
@@ -219,8 +176,7 @@ class EventRelay:
             await self._connect()
         while True:
             self.alive_at = time.monotonic()
-            batch = await self.store.read(
-                lambda c: read_outbound(c, self.position, self.batch_size))
+            batch = await self.store.outbound_after(self.position, self.batch_size)
             RELAY_LAG.set(max(0, self.store.last_seq - self.position))
             if not batch:
                 self._wake.clear()
@@ -277,17 +233,17 @@ class EventRelay:
             return batch
         name, cap = self.name, self.max_event_bytes
 
-        def record(tx: SqliteTx) -> tuple[dict[str, int], list[OutboundEvent], list[int], int]:
-            held = held_tickets(tx.conn, name, suspect)
+        def record(tx: RelayTx) -> tuple[dict[str, int], list[OutboundEvent], list[int], int]:
+            held = tx.held_tickets(name, suspect)
             sendable: list[OutboundEvent] = []
             dead: list[int] = []
             new_rows = 0
             for event in batch:
                 if event.subject in held:
-                    new_rows += _insert_dead_letter(tx.conn, event.seq, name, 0,
-                                                    f"{HELD_PREFIX}{held[event.subject]}")
+                    new_rows += int(tx.add_dead_letter(event.seq, name, 0,
+                                                       f"{HELD_PREFIX}{held[event.subject]}"))
                 elif reason := too_large(event, cap):
-                    if _insert_dead_letter(tx.conn, event.seq, name, 0, reason):
+                    if tx.add_dead_letter(event.seq, name, 0, reason):
                         dead.append(event.seq)
                     held[event.subject] = event.seq
                 else:
@@ -333,16 +289,16 @@ class EventRelay:
 
     async def _advance(self, seq: int, count: int) -> None:
         name = self.name
-        await self.store.run(lambda tx: _save_position(tx.conn, name, seq))
+        await self.store.run(lambda tx: tx.save_relay_position(name, seq))
         self.position = seq
         RELAY_PUBLISHED.inc(count)
 
     async def _dead_letter(self, event: OutboundEvent, attempts: int, error: str) -> None:
         name = self.name
 
-        def save(tx: SqliteTx) -> None:
-            _insert_dead_letter(tx.conn, event.seq, name, attempts, error)
-            _save_position(tx.conn, name, event.seq)
+        def save(tx: RelayTx) -> None:
+            tx.add_dead_letter(event.seq, name, attempts, error)
+            tx.save_relay_position(name, event.seq)
         await self.store.run(save)
         self.position = event.seq
         self.held.setdefault(event.subject, event.seq)
@@ -351,7 +307,7 @@ class EventRelay:
                   "ticket %s are held behind it", name, event.seq, attempts, event.subject)
 
 
-async def replay_dead_letters(conn: sqlite3.Connection, publisher: Publisher, backend: str, *,
+async def replay_dead_letters(store: DeadLetters, publisher: Publisher, backend: str, *,
                               max_event_bytes: int = 0,
                               report: Callable[[str], None] = print) -> tuple[int, int]:
     """Re-publish ``backend``'s dead letters in sequence order; (re-published, left).
@@ -364,7 +320,8 @@ async def replay_dead_letters(conn: sqlite3.Connection, publisher: Publisher, ba
     done = 0
     seen: set[int] = set()
     while True:
-        letters = [(e, a, r) for e, a, r in read_dead_letters(conn, backend) if e.seq not in seen]
+        letters = [(e, a, r) for e, a, r in await store.dead_letters(backend)
+                   if e.seq not in seen]
         if not letters:
             break
         blocked: set[str] = set()
@@ -381,8 +338,7 @@ async def replay_dead_letters(conn: sqlite3.Connection, publisher: Publisher, ba
                 report(f"seq {event.seq}: still refused: {exc}")
                 blocked.add(event.subject)
                 continue
-            conn.execute("DELETE FROM dead_letters WHERE publisher = ? AND seq = ?",
-                         (backend, event.seq))
+            await store.remove_dead_letter(backend, event.seq)
             done += 1
-    left = len(read_dead_letters(conn, backend))
+    left = len(await store.dead_letters(backend))
     return done, left

@@ -20,7 +20,6 @@ from gateway.config import parse_config
 from gateway.contracts import OutboundEvent
 from gateway.errors import ConfigError
 from gateway.queues.rabbitmq import LEGACY_ESCALATIONS_BINDING
-from gateway.relay import read_dead_letters, read_outbound
 from gateway.runtime import Gateway
 from gateway.testing.harness import read_events
 from gateway.testing.publisher_contract import Delivered
@@ -140,11 +139,11 @@ async def post(s: aiohttp.ClientSession, gw: Gateway, email: str, text: str,
 
 
 async def outbox(gw: Gateway) -> list[OutboundEvent]:
-    return await gw.store.read(lambda c: read_outbound(c, 0, 10_000))
+    return await gw.store.outbound_after(0, 10_000)
 
 
 async def dead_letters(gw: Gateway) -> list[tuple[OutboundEvent, int, str]]:
-    return await gw.store.read(lambda c: read_dead_letters(c, "webhook"))
+    return list(await gw.store.dead_letters("webhook"))
 
 
 def ids_of(events: list[OutboundEvent], subject: str) -> list[str]:

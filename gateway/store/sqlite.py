@@ -8,7 +8,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +19,8 @@ from gateway.decision import OutboxAck, StoredReceipt, SubmissionPlan, TicketRow
 from gateway.errors import StorageFull, TransientError
 from gateway.files import make_private
 from gateway.ids import new_id
+from gateway.plugin.contract import OutboundEvent
+from gateway.store.protocols import DeadLetter, DueAck, NewEvent
 from schemas import ContactView
 
 T = TypeVar("T")
@@ -296,6 +298,65 @@ class SqliteTx:
         self.max_event_seq = max(self.max_event_seq, seq)
         return seq
 
+    # -- the acknowledgement outbox (gateway.store.protocols.AckOutboxTx) -----------------
+
+    def retry_ack(self, ack_id: int, attempts: int, at: float, error: str) -> None:
+        self.conn.execute("UPDATE acks SET attempts = ?, next_attempt_at = ?, last_error = ?"
+                          " WHERE id = ?", (attempts, int(at * 1_000_000), error[:300], ack_id))
+
+    def finish_ack(self, ack_id: int, status: str, *, provider_id: str | None = None,
+                   error: str | None = None, event: NewEvent | None = None,
+                   ticket_id: int | None = None, unguessable: bool = False) -> None:
+        self.conn.execute("UPDATE acks SET status = ?, provider_id = ?, last_error = ?,"
+                          " sent_at = ? WHERE id = ?",
+                          (status, provider_id, error and error[:300], time.time_ns() // 1000,
+                           ack_id))
+        if provider_id and ticket_id is not None:
+            # Replies that quote our acknowledgement's id (In-Reply-To) find the ticket again.
+            # Only an unguessable id lets a reply from another address in (gateway/decision.py).
+            self.conn.execute("INSERT OR IGNORE INTO ack_refs(ref, ticket_id, unguessable)"
+                              " VALUES (?, ?, ?)", (provider_id, ticket_id, int(unguessable)))
+        if event is not None:
+            self.append_event(event_id=event.id, type_=event.type, subject=event.subject,
+                              priority=event.priority, body=event.body,
+                              escalated=event.escalated)
+
+    # -- relay positions and dead letters (gateway.store.protocols.RelayTx) ---------------
+
+    def relay_position(self, name: str) -> int:
+        row = self.conn.execute("SELECT position FROM relay_positions WHERE name = ?",
+                                (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def save_relay_position(self, name: str, seq: int) -> None:
+        self.conn.execute("INSERT INTO relay_positions(name, position) VALUES (?, ?)"
+                          " ON CONFLICT(name) DO UPDATE SET position = excluded.position",
+                          (name, seq))
+
+    def held_tickets(self, publisher: str,
+                     subjects: Sequence[str] | None = None) -> dict[str, int]:
+        return _held_tickets(self.conn, publisher, subjects)
+
+    def add_dead_letter(self, seq: int, publisher: str, attempts: int, error: str) -> bool:
+        # OR IGNORE: a batch re-read after a crash or a failed publish holds the same events again.
+        return self.conn.execute(
+            "INSERT OR IGNORE INTO dead_letters(seq, publisher, attempts, last_error, failed_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (seq, publisher, attempts, error[:500], time.time_ns() // 1000)).rowcount == 1
+
+
+def _held_tickets(conn: sqlite3.Connection, publisher: str,
+                  subjects: Sequence[str] | None) -> dict[str, int]:
+    sql = ("SELECT e.subject, min(d.seq) FROM dead_letters d JOIN events e ON e.seq = d.seq"
+           " WHERE d.publisher = ?")
+    args: list[object] = [publisher]
+    if subjects is not None:
+        if not subjects:
+            return {}
+        sql += f" AND e.subject IN ({','.join('?' * len(subjects))})"
+        args.extend(subjects)
+    return {str(s): int(q) for s, q in conn.execute(sql + " GROUP BY e.subject", args)}
+
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the database with the pragmas every connection needs."""
@@ -535,13 +596,131 @@ class SqliteStore:
 
     async def events_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
         """Committed events with ``seq > after``, oldest first, at most ``limit``."""
-        return await self.read(lambda c: read_events(c, after, limit))
+        return await self.read(lambda c: _read_events(c, after, limit))
+
+    async def outbound_after(self, after: int, limit: int) -> list[OutboundEvent]:
+        """Outbox events with ``seq > after`` as publishers receive them, oldest first."""
+        def rows(c: sqlite3.Connection) -> list[OutboundEvent]:
+            return [OutboundEvent(seq=s, id=i, type=t, subject=subj, priority=p, body=bytes(b),
+                                  escalated=bool(x))
+                    for s, i, t, subj, p, b, x in c.execute(
+                        "SELECT seq, id, type, subject, priority, body, escalated FROM events"
+                        " WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))]
+        return await self.read(rows)
+
+    # -- the acknowledgement outbox (gateway.store.protocols.AckOutbox) -------------------
+
+    async def due_acks(self, limit: int, now: float) -> list[DueAck]:
+        """Pending acknowledgements due at ``now``, oldest first."""
+        def rows(c: sqlite3.Connection) -> list[DueAck]:
+            return [DueAck(int(i), int(t), str(ch), str(r), rt, bytes(p), int(a))
+                    for i, t, ch, r, rt, p, a in c.execute(
+                        "SELECT id, ticket_id, channel, recipient, reply_to, payload, attempts"
+                        " FROM acks WHERE status = 'pending' AND next_attempt_at <= ?"
+                        " ORDER BY id LIMIT ?", (int(now * 1_000_000), limit))]
+        return await self.read(rows)
+
+    async def next_ack_attempt(self) -> float | None:
+        """When the earliest pending acknowledgement is due, or None."""
+        def one(c: sqlite3.Connection) -> float | None:
+            row = c.execute(
+                "SELECT min(next_attempt_at) FROM acks WHERE status = 'pending'").fetchone()
+            return None if row[0] is None else float(row[0]) / 1_000_000
+        return await self.read(one)
+
+    async def acks_sent_since(self, channel: str, recipient: str, since: float) -> int:
+        """Acknowledgements sent to ``recipient`` on ``channel`` since ``since``."""
+        return await self.read(lambda c: int(c.execute(
+            "SELECT count(*) FROM acks WHERE channel = ? AND recipient = ? AND status = 'sent'"
+            " AND sent_at >= ?", (channel, recipient, int(since * 1_000_000))).fetchone()[0]))
+
+    # -- dead letters (gateway.store.protocols.DeadLetters) -------------------------------
+
+    async def dead_letters(self, publisher: str) -> list[DeadLetter]:
+        """``publisher``'s dead and held events, oldest first."""
+        return await self.read(lambda c: _dead_letters(c, publisher))
+
+    async def remove_dead_letter(self, publisher: str, seq: int) -> None:
+        """Forget a re-published dead letter, durably."""
+        await self.run(lambda tx: tx.conn.execute(
+            "DELETE FROM dead_letters WHERE publisher = ? AND seq = ?", (publisher, seq)))
+
+    def event_reader(self) -> SqliteEventReader:
+        """A read-only reader of the event log (``intake-gateway tail``); needs no ``open``."""
+        return SqliteEventReader(self.path)
 
 
-def read_events(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, bytes]]:
-    """Committed events after ``after`` on any connection (the CLI's ``tail`` uses its own)."""
+def _read_events(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, bytes]]:
     return [(int(s), bytes(b)) for s, b in conn.execute(
         "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))]
+
+
+def _dead_letters(conn: sqlite3.Connection, publisher: str) -> list[DeadLetter]:
+    rows = conn.execute(
+        "SELECT e.seq, e.id, e.type, e.subject, e.priority, e.body, d.attempts, d.last_error,"
+        " e.escalated FROM dead_letters d JOIN events e ON e.seq = d.seq WHERE d.publisher = ?"
+        " ORDER BY d.seq", (publisher,)).fetchall()
+    return [DeadLetter(OutboundEvent(seq=r[0], id=r[1], type=r[2], subject=r[3], priority=r[4],
+                                     body=bytes(r[5]), escalated=bool(r[8])),
+                       int(r[6]), str(r[7]))
+            for r in rows]
+
+
+CONSUMERS_FILE = "consumers.sqlite3"
+"""Named consumers' positions, beside the store: a database of their own, so that a reader
+keeps working read-only on the store (a full disk, a read-only mount, a running gateway)."""
+
+
+class SqliteEventReader:
+    """:class:`gateway.store.protocols.EventReader`: its own read-only connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # Read-only: reading what was taken in must work on a full disk or a read-only mount.
+        self._conn = connect(path, readonly=True)
+
+    def events_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        try:
+            return _read_events(self._conn, after, limit)
+        except sqlite3.OperationalError:
+            return []  # the gateway is creating the schema; the caller tries again
+
+    def consumer_offsets(self) -> SqliteConsumerOffsets:
+        return SqliteConsumerOffsets(self.path.parent / CONSUMERS_FILE)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class SqliteConsumerOffsets:
+    """:class:`gateway.store.protocols.ConsumerOffsets` in ``consumers.sqlite3``."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS consumers(name TEXT PRIMARY KEY,"
+                         " position INTEGER NOT NULL)")
+        except sqlite3.OperationalError as exc:
+            raise TransientError(str(exc)) from exc
+        make_private(path)  # consumer names and positions: owner-only
+        self._conn = conn
+
+    def position(self, name: str) -> int | None:
+        row = self._conn.execute("SELECT position FROM consumers WHERE name = ?",
+                                 (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def save(self, name: str, seq: int) -> None:
+        try:
+            self._conn.execute("INSERT INTO consumers(name, position) VALUES (?, ?)"
+                               " ON CONFLICT(name) DO UPDATE SET position = excluded.position",
+                               (name, seq))
+        except sqlite3.OperationalError as exc:
+            raise TransientError(str(exc)) from exc
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 _MAX_STATE_KEY = 200

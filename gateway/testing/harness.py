@@ -63,7 +63,6 @@ async def outbox_settled(gw: Gateway, *, timeout: float = 10.0) -> None:
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while await gw.store.read(lambda c: c.execute(
-            "SELECT count(*) FROM acks WHERE status = 'pending'").fetchone()[0]):
+    while await gw.store.next_ack_attempt() is not None:  # None: no row is pending
         assert loop.time() < deadline, f"acknowledgements still pending after {timeout} s"
         await asyncio.sleep(0.02)

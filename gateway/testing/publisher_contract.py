@@ -43,7 +43,6 @@ import pytest_asyncio
 from gateway.config import QueueConfig
 from gateway.contracts import PUBLISHER_GROUP, OutboundEvent, Publisher
 from gateway.errors import TransientError
-from gateway.relay import read_outbound
 from gateway.testing.harness import running_gateway
 from schemas.events import (
     AckSent,
@@ -399,7 +398,7 @@ async def test_escalation_follows_the_triage_escalate_setting(
             async with session.post(f"{gw.url}/v1/messages", json=body) as resp:
                 assert resp.status in (200, 201), await resp.text()
         # The response comes after the commit, so every event is in the outbox by now.
-        events = await gw.store.read(lambda conn: read_outbound(conn, 0, 1000))
+        events = await gw.store.outbound_after(0, 1000)
     triaged = {str(e.subject): msgspec.json.decode(e.body)["data"]["ticket"]["priority"]
                for e in events if e.type == "ticket.created"}
     assert triaged == {numbers[p]: p for p in _TICKETS}, "triage did not give the test's priorities"
