@@ -293,6 +293,17 @@ async def test_opt_out_is_respected_until_start(gw: Gateway, twilio: FakeTwilio)
     assert [m.to for m in twilio.messages] == [PHONE]
 
 
+async def test_opt_out_survives_a_restart(make_gateway: MakeGateway, twilio: FakeTwilio,
+                                          tmp_path: Path) -> None:
+    data = tmp_path / "gw"
+    gw = await make_gateway(toml(twilio), data_dir=data)
+    assert (await twilio.post_webhook(f"{gw.url}/twilio/sms", sms("STOP"))).status == 200
+    await gw.stop()
+    gw = await make_gateway(toml(twilio), data_dir=data)
+    assert adapter(gw).state.opted_out("sms", PHONE), "the opt-out was forgotten on restart"
+    assert await gw.store.adapter_state("twilio").items("opt-out/") != []
+
+
 async def test_high_priority_is_told_by_sms_and_the_delivery_report_is_recorded(
         fixed_port_gateway: Callable[..., Any], twilio: FakeTwilio) -> None:
     gw = await fixed_port_gateway(toml(twilio))

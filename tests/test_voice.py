@@ -7,6 +7,7 @@ import os
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -181,6 +182,19 @@ async def test_a_missing_transcription_does_not_hold_the_ticket_and_a_late_one_j
     assert len(added) == 1 and added[0]["subject"] == ticket["subject"]
     assert added[0]["data"]["message"]["text"] == "Please also send the invoice by email."
     assert added[0]["data"]["matched_by"] == "ticket_number"
+
+
+async def test_voice_mail_waiting_for_its_transcription_is_submitted_after_a_restart(
+        make_gateway: MakeGateway, twilio: FakeTwilio, tmp_path: Path) -> None:
+    data = tmp_path / "gw"
+    gw = await make_gateway(toml(twilio, wait="2s"), data_dir=data)
+    call = Call(twilio, gw)
+    assert (await call.recording()).status == 200
+    await gw.stop()  # before the transcription wait is over: no ticket yet
+    gw = await make_gateway(toml(twilio, wait="2s"), data_dir=data)
+    [ticket] = created(await wait_events(gw, 1))
+    assert ticket["data"]["message"]["metadata"]["twilio.call_sid"] == call.sid
+    assert ticket["data"]["message"]["metadata"]["twilio.transcription"] == "pending"
 
 
 async def test_callers_who_cannot_get_an_sms_still_make_tickets(

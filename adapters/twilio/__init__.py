@@ -5,7 +5,7 @@
 - ``messaging``: inbound SMS, MMS and WhatsApp, and their media.
 - ``voice``: voice mail, its callbacks and the sweeper.
 - ``outbound``: acknowledgements sent later through the REST API, delivery reports.
-- ``state``: the adapter's own opt-outs, delivery reports and calls in progress.
+- ``state``: opt-outs, delivery reports and calls in progress, kept in ``ctx.state``.
 """
 
 from adapters.twilio.adapter import TwilioAdapter, TwilioConfig, form_pairs

@@ -12,7 +12,6 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -30,11 +29,15 @@ from adapters.twilio.outbound import OutboundMixin
 from adapters.twilio.protocol import compute_twilio_signature, public_url, verify_twilio_signature
 from adapters.twilio.state import TwilioState
 from adapters.twilio.voice import VoiceMixin
-from gateway.config import parse_duration, resolve_secret
-from gateway.contracts import AdapterContext
 from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
-from gateway.intake import IntakeService
-from gateway.media import MediaHosts
+from gateway.plugin import (
+    AdapterBase,
+    AdapterContext,
+    Intake,
+    MediaHosts,
+    parse_duration,
+    resolve_secret,
+)
 
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _MAX_FORM = 262_144
@@ -102,18 +105,15 @@ class _Params(msgspec.Struct, frozen=True):
     base: str = ""
 
 
-class TwilioAdapter(MessagingMixin, VoiceMixin, OutboundMixin):
+class TwilioAdapter(MessagingMixin, VoiceMixin, OutboundMixin, AdapterBase):
     """SMS/WhatsApp answered in TwiML, voice mail turned into tickets, SMS acks through REST."""
 
     kind: ClassVar[str] = "twilio"
     Config: ClassVar[type[msgspec.Struct]] = TwilioConfig
     ack_channels: ClassVar[tuple[str, ...]] = ("sms", "whatsapp")
 
-    def __init__(self, config: TwilioConfig, intake: IntakeService, ctx: AdapterContext) -> None:
-        self.config = config
-        self.intake = intake
-        self.ctx = ctx
-        self.authenticated = True
+    def __init__(self, config: TwilioConfig, intake: Intake, ctx: AdapterContext) -> None:
+        AdapterBase.__init__(self, config, intake, ctx)
         if not _ACCOUNT_SID.match(config.account_sid):
             raise ConfigError("adapters.twilio.account_sid: expected the account SID, "
                               "'AC' and 32 hexadecimal digits")
@@ -143,7 +143,7 @@ class TwilioAdapter(MessagingMixin, VoiceMixin, OutboundMixin):
         self.media_hosts = MediaHosts(config.media_hosts, key="adapters.twilio.media_hosts")
         self._basic = "Basic " + base64.b64encode(
             f"{config.account_sid}:{token}".encode()).decode("ascii")
-        self.state = TwilioState(Path(ctx.data_dir) / self.kind / "state.sqlite3")
+        self.state = TwilioState(ctx.state)
         self.signed_base = self._configured_base()
         self._session: aiohttp.ClientSession | None = None
         self._http: AsyncTwilioHttpClient | None = None
@@ -165,8 +165,8 @@ class TwilioAdapter(MessagingMixin, VoiceMixin, OutboundMixin):
         ]
 
     async def start(self) -> None:
-        """Open the adapter's state, the media session and the REST client; resume voice mail."""
-        await asyncio.to_thread(self.state.open)
+        """Load the opt-outs, open the media session and the REST client; resume voice mail."""
+        await self.state.open()
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.media_timeout))
         self._http = AsyncTwilioHttpClient()
@@ -176,7 +176,7 @@ class TwilioAdapter(MessagingMixin, VoiceMixin, OutboundMixin):
         self._sweeper = asyncio.create_task(self._sweep_voice_mail(), name="twilio-voice-mail")
 
     async def stop(self) -> None:
-        """Stop the voice-mail sweeper, close the HTTP sessions and the state."""
+        """Stop the voice-mail sweeper and close the HTTP sessions (the state is the store's)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -187,7 +187,6 @@ class TwilioAdapter(MessagingMixin, VoiceMixin, OutboundMixin):
         if self._session is not None:
             await self._session.close()
             self._session = None
-        await asyncio.to_thread(self.state.close)
 
     # -- verification -------------------------------------------------------------------------
 

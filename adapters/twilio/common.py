@@ -11,9 +11,7 @@ import phonenumbers
 from aiohttp import web
 from twilio.rest import Client
 
-from gateway.contracts import AdapterContext
-from gateway.intake import IntakeService
-from gateway.media import MediaHosts
+from gateway.plugin import AdapterContext, Intake, MediaHosts
 
 if TYPE_CHECKING:
     from adapters.twilio.adapter import TwilioConfig, _Params
@@ -35,7 +33,7 @@ class TwilioParts:
 
     kind: ClassVar[str]
     config: TwilioConfig
-    intake: IntakeService
+    intake: Intake
     ctx: AdapterContext
     token: str
     state: TwilioState

@@ -15,8 +15,14 @@ from adapters.twilio.common import _API_HOST, _VERIFIED_BY, TwilioParts, _e164, 
 from adapters.twilio.outbound import sms_ack_text
 from adapters.twilio.protocol import classify_keyword, render_twiml_empty, render_twiml_message
 from gateway.errors import RejectedInput, TooLarge
-from gateway.intake import now_utc
-from gateway.media import IDENTITY, MediaRefused, file_not_kept, read_limited
+from gateway.plugin import (
+    IDENTITY,
+    Inline,
+    InlineOnPhone,
+    MediaRefused,
+    file_not_kept,
+    read_limited,
+)
 from schemas import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
 
 log = logging.getLogger("intake.twilio")
@@ -69,7 +75,7 @@ class MessagingMixin(TwilioParts):
         if phone is None:
             chat_ids = {"sms": raw}
         message = InboundMessage(
-            channel=self.kind, provider_message_id=sid, received_at=now_utc(),
+            channel=self.kind, provider_message_id=sid, received_at=self.ctx.clock(),
             contact=Contact(name=(p.get("ProfileName") or "").strip() or None, phone=phone,
                             chat_ids=chat_ids, verified_by=_VERIFIED_BY),
             text=text, attachments=attachments, files_not_kept=not_kept,
@@ -78,7 +84,8 @@ class MessagingMixin(TwilioParts):
             metadata=metadata,
         )
         # The TwiML reply lands on the sender's phone, so no escalation SMS on top of it.
-        receipt = await self.intake.submit(message, inline_reaches_phone=phone is not None)
+        receipt = await self.intake.submit(
+            message, reply=InlineOnPhone() if phone is not None else Inline())
         ack = receipt.acknowledgement
         if (ack is None or receipt.outcome not in _ANSWERED or phone is None
                 or self.state.opted_out(network, phone)):
@@ -90,7 +97,7 @@ class MessagingMixin(TwilioParts):
 
     def _number_in(self, text: str) -> str | None:
         # A ticket number typed in the chat joins that ticket when it is the sender's own.
-        found = self.intake.numbering.find_in(text)
+        found = self.intake.find_ticket_numbers(text)
         return found[0] if found else None
 
     async def _fetch_media(self, p: MultiDict[str]

@@ -1,16 +1,23 @@
-"""The Twilio adapter's own state: opt-outs, delivery reports and voice calls in progress."""
+"""The Twilio adapter's own state: opt-outs, delivery reports and voice calls in progress.
+
+All of it lives in the adapter's :class:`~gateway.plugin.AdapterState` (``ctx.state``), so the
+gateway's store keeps it durable and every replica shares it. Keys:
+
+- ``opt-out/<network>/<phone>``: the number sent STOP (or Twilio answered error 21610);
+- ``status/<MessageSid>``: the last delivery report of an SMS we sent;
+- ``call/<CallSid>``: what the voice callbacks told about a call (a :class:`VoiceCall`);
+- ``waiting/<CallSid>``: a call with a recording and no ticket yet, for the sweeper (an index,
+  so a restart finds the voice mail still to submit without reading every call ever made).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import threading
 import time
-from pathlib import Path
 
 import msgspec
 
-from gateway.errors import TransientError
+from gateway.plugin import AdapterState
 
 
 class VoiceCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,123 +36,117 @@ class VoiceCall(msgspec.Struct, frozen=True, kw_only=True):
     transcript_submitted: bool = False
 
 
-_STATE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS opt_outs(
-    network TEXT NOT NULL, phone TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY(network, phone))
-    WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS statuses(
-    sid TEXT PRIMARY KEY, status TEXT NOT NULL, error_code TEXT, updated_at REAL NOT NULL)
-    WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS calls(
-    call_sid TEXT PRIMARY KEY, caller TEXT NOT NULL, called TEXT NOT NULL,
-    recording_url TEXT, recording_sid TEXT, duration INTEGER NOT NULL DEFAULT 0,
-    recorded_at REAL NOT NULL, transcript TEXT, transcription_status TEXT,
-    ticket_number TEXT, transcript_submitted INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
-"""
+class _Status(msgspec.Struct, frozen=True, array_like=True):
+    status: str
+    error_code: str | None
+    updated_at: float
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_call = msgspec.json.Decoder(VoiceCall).decode
+_decode_status = msgspec.json.Decoder(_Status).decode
+_decode_float = msgspec.json.Decoder(float).decode
 
 
 class TwilioState:
-    """Opt-outs, delivery reports and voice calls in progress: ``<data_dir>/twilio``.
+    """Opt-outs, delivery reports and voice calls in progress, kept in ``ctx.state``.
 
-    Small and rarely written, so one SQLite connection behind a lock, used from worker
-    threads. Opt-outs are also kept in memory: every inbound message and every send checks them.
+    Opt-outs are also cached in memory, loaded by :meth:`open` and written through: every
+    inbound message and every send checks them, synchronously and on the hot path, and a
+    store read per message would cost more than the whole TwiML answer. The cost: an opt-out
+    recorded by another replica is seen here at this replica's next start (until then this
+    one may still send; Twilio itself refuses to deliver to an opted-out number, error 21610,
+    which records the opt-out here too).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+    def __init__(self, state: AdapterState) -> None:
+        self.state = state
         self._opted_out: set[tuple[str, str]] = set()
+        # Callbacks of one call come in any order and may race: a merge reads, then writes.
+        # The lock makes that atomic within this process (what the SQL upsert did).
+        self._merge = asyncio.Lock()
 
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.executescript(_STATE_SCHEMA)
-        self._opted_out = {(n, p) for n, p in conn.execute("SELECT network, phone FROM opt_outs")}
-        self._conn = conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    async def _run(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        def run() -> list[tuple[object, ...]]:
-            with self._lock:
-                if self._conn is None:
-                    raise TransientError("the Twilio adapter's state is closed")
-                return self._conn.execute(sql, args).fetchall()
-        return await asyncio.to_thread(run)
+    async def open(self) -> None:
+        """Load the opt-outs into memory."""
+        opted: set[tuple[str, str]] = set()
+        for key, _ in await self.state.items("opt-out/"):
+            network, _, phone = key.removeprefix("opt-out/").partition("/")
+            opted.add((network, phone))
+        self._opted_out = opted
 
     def opted_out(self, network: str, phone: str) -> bool:
         return (network, phone) in self._opted_out
 
     async def set_opt_out(self, network: str, phone: str, opted_out: bool) -> None:
+        key = f"opt-out/{network}/{phone}"
         if opted_out:
-            await self._run("INSERT OR REPLACE INTO opt_outs(network, phone, at) VALUES (?,?,?)",
-                            (network, phone, time.time()))
+            await self.state.put(key, _encode(time.time()))
             self._opted_out.add((network, phone))
         else:
-            await self._run("DELETE FROM opt_outs WHERE network = ? AND phone = ?",
-                            (network, phone))
+            await self.state.delete(key)
             self._opted_out.discard((network, phone))
 
     async def record_status(self, sid: str, status: str, error_code: str | None) -> None:
-        await self._run("INSERT INTO statuses(sid, status, error_code, updated_at)"
-                        " VALUES (?,?,?,?) ON CONFLICT(sid) DO UPDATE SET status = excluded.status,"
-                        " error_code = coalesce(excluded.error_code, error_code),"
-                        " updated_at = excluded.updated_at",
-                        (sid, status, error_code, time.time()))
+        key = f"status/{sid}"
+        async with self._merge:
+            old = await self.state.get(key)
+            if error_code is None and old is not None:
+                error_code = _decode_status(old).error_code
+            await self.state.put(key, _encode(_Status(status, error_code, time.time())))
 
     async def status_of(self, sid: str) -> tuple[str, str | None] | None:
-        rows = await self._run("SELECT status, error_code FROM statuses WHERE sid = ?", (sid,))
-        return (str(rows[0][0]), rows[0][1] and str(rows[0][1])) if rows else None  # type: ignore[return-value]
+        raw = await self.state.get(f"status/{sid}")
+        if raw is None:
+            return None
+        got = _decode_status(raw)
+        return got.status, got.error_code
 
     async def save_call(self, call: VoiceCall) -> None:
-        """Merge what one callback told into the call's row (callbacks come in any order)."""
-        await self._run(
-            "INSERT INTO calls(call_sid, caller, called, recording_url, recording_sid, duration,"
-            " recorded_at, transcript, transcription_status) VALUES (?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(call_sid) DO UPDATE SET"
-            " caller = CASE WHEN excluded.caller != '' THEN excluded.caller ELSE caller END,"
-            " called = CASE WHEN excluded.called != '' THEN excluded.called ELSE called END,"
-            " recording_url = coalesce(recording_url, excluded.recording_url),"
-            " recording_sid = coalesce(recording_sid, excluded.recording_sid),"
-            " duration = max(duration, excluded.duration),"
-            " recorded_at = min(recorded_at, excluded.recorded_at),"
-            " transcript = coalesce(transcript, excluded.transcript),"
-            " transcription_status = coalesce(transcription_status,"
-            "                                 excluded.transcription_status)",
-            (call.call_sid, call.caller, call.called, call.recording_url, call.recording_sid,
-             call.duration, call.recorded_at, call.transcript or None,
-             call.transcription_status))
+        """Merge what one callback told into the call's record (callbacks come in any order)."""
+        async with self._merge:
+            old = await self.call(call.call_sid)
+            if old is None:
+                merged = msgspec.structs.replace(call, transcript=call.transcript or None,
+                                                 ticket_number=None, transcript_submitted=False)
+            else:
+                merged = msgspec.structs.replace(
+                    old,
+                    caller=call.caller or old.caller,
+                    called=call.called or old.called,
+                    recording_url=old.recording_url or call.recording_url,
+                    recording_sid=old.recording_sid or call.recording_sid,
+                    duration=max(old.duration, call.duration),
+                    recorded_at=min(old.recorded_at, call.recorded_at),
+                    transcript=old.transcript or call.transcript or None,
+                    transcription_status=old.transcription_status or call.transcription_status)
+            await self.state.put(f"call/{call.call_sid}", _encode(merged))
+            if merged.recording_url is not None and merged.ticket_number is None:
+                await self.state.put(f"waiting/{call.call_sid}", _encode(merged.recorded_at))
 
     async def call(self, call_sid: str) -> VoiceCall | None:
-        rows = await self._run(
-            "SELECT call_sid, caller, called, recording_url, recording_sid, duration,"
-            " recorded_at, transcript, transcription_status, ticket_number, transcript_submitted"
-            " FROM calls WHERE call_sid = ?", (call_sid,))
-        if not rows:
-            return None
-        names = ("call_sid", "caller", "called", "recording_url", "recording_sid", "duration",
-                 "recorded_at", "transcript", "transcription_status", "ticket_number",
-                 "transcript_submitted")
-        return msgspec.convert(dict(zip(names, rows[0], strict=True)), VoiceCall, strict=False)
+        raw = await self.state.get(f"call/{call_sid}")
+        return None if raw is None else _decode_call(raw)
 
     async def mark_submitted(self, call_sid: str, ticket_number: str, *,
                              with_transcript: bool) -> None:
-        await self._run("UPDATE calls SET ticket_number = ?,"
-                        " transcript_submitted = max(transcript_submitted, ?) WHERE call_sid = ?",
-                        (ticket_number, int(with_transcript), call_sid))
+        async with self._merge:
+            call = await self.call(call_sid)
+            if call is None:
+                return
+            await self.state.put(f"call/{call_sid}", _encode(msgspec.structs.replace(
+                call, ticket_number=ticket_number,
+                transcript_submitted=call.transcript_submitted or with_transcript)))
+            await self.state.delete(f"waiting/{call_sid}")
 
     async def waiting_calls(self, recorded_before: float) -> tuple[list[str], float | None]:
         """Calls with a recording and no ticket: those recorded before the cut-off, and the
         oldest recording time of the others (when the sweeper must look again)."""
-        rows = await self._run("SELECT call_sid, recorded_at FROM calls WHERE ticket_number IS"
-                               " NULL AND recording_url IS NOT NULL")
-        due = [str(sid) for sid, at in rows if float(at) <= recorded_before]  # type: ignore[arg-type]
-        later = [float(at) for _, at in rows if float(at) > recorded_before]  # type: ignore[arg-type]
+        due: list[str] = []
+        later: list[float] = []
+        for key, raw in await self.state.items("waiting/"):
+            at = _decode_float(raw)
+            if at <= recorded_before:
+                due.append(key.removeprefix("waiting/"))
+            else:
+                later.append(at)
         return due, (min(later) if later else None)

@@ -25,9 +25,8 @@ from adapters.twilio.common import (
 from adapters.twilio.messaging import _MediaSkipped
 from adapters.twilio.protocol import render_twiml_empty, render_voice_record_twiml
 from adapters.twilio.state import VoiceCall
-from gateway.decision import OutboxAck
 from gateway.errors import RejectedInput, TooLarge
-from gateway.intake import now_utc
+from gateway.plugin import Nobody, Outbox, Reply
 from schemas import Attachment, Contact, InboundMessage, Receipt, ThreadHints
 
 log = logging.getLogger("intake.twilio")
@@ -148,20 +147,20 @@ class VoiceMixin(TwilioParts):
             "no transcript." + (" The recording is attached." if attachments else ""))
         message = InboundMessage(
             channel=self.kind, provider_message_id=call.call_sid, delivery_scope="call",
-            received_at=now_utc(), contact=contact, subject="", text=text,
+            received_at=self.ctx.clock(), contact=contact, subject="", text=text,
             attachments=attachments, locale=guess_locale(call.transcript, None),
             metadata=metadata)
-        ack_via = None
-        if phone is not None and self.config.voice_sms_ack and can_receive_sms(phone):
-            ack_via = OutboxAck(channel="sms", to=phone)
         # The caller hung up long ago: without an SMS nobody hears the ticket number.
-        return await self.intake.submit(message, ack_via=ack_via, unreachable=ack_via is None)
+        reply: Reply = Nobody()
+        if phone is not None and self.config.voice_sms_ack and can_receive_sms(phone):
+            reply = Outbox(channel="sms", to=phone)
+        return await self.intake.submit(message, reply=reply)
 
     async def _submit_late_transcript(self, call: VoiceCall) -> None:
         contact, _ = self._caller(call)
         message = InboundMessage(
             channel=self.kind, provider_message_id=f"{call.call_sid}/transcript",
-            delivery_scope="call", received_at=now_utc(), contact=contact,
+            delivery_scope="call", received_at=self.ctx.clock(), contact=contact,
             text=call.transcript or "", thread=ThreadHints(ticket_number=call.ticket_number),
             locale=guess_locale(call.transcript, None),
             metadata={"twilio.channel": "voice", "twilio.call_sid": call.call_sid,
