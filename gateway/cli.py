@@ -109,10 +109,10 @@ def _schema(out: str | None) -> int:
 
 def _tail(args: argparse.Namespace) -> int:
     from gateway.store.protocols import ConsumerOffsets
-    from gateway.store.sqlite import SqliteStore
+    from gateway.store.sqlite import STORE_FILE, SqliteStore
 
     data_dir = Path(args.data_dir)
-    db_path = data_dir / "intake.sqlite3"
+    db_path = data_dir / STORE_FILE
     while not db_path.exists():
         if not args.follow:
             print(f"intake-gateway: no store at {db_path}", file=sys.stderr)
@@ -158,10 +158,10 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 async def _replay(config: Config, args: argparse.Namespace) -> int:
-    from gateway.store.sqlite import SqliteStore
+    from gateway.store.sqlite import STORE_FILE, SqliteStore
 
     # The whole store, writer and all: each re-published event leaves the table durably.
-    store = SqliteStore(Path(args.data_dir) / "intake.sqlite3")
+    store = SqliteStore(Path(args.data_dir) / STORE_FILE)
     await store.open()
     try:
         return await _replay_from(store, config, args)

@@ -31,7 +31,7 @@ from gateway.logs import install_log_guards
 from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
-from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite import STORE_FILE, SqliteStore
 
 log = logging.getLogger("intake")
 
@@ -55,7 +55,7 @@ class Gateway:
         self.events_token: str | None = resolve_secret(
             config.server.events_token_env, config.server.events_token_file,
             key="server.events_token")
-        store_path = config.store.path or str(self.data_dir / "intake.sqlite3")
+        store_path = config.store.path or str(self.data_dir / STORE_FILE)
         if config.store.backend != "sqlite":
             raise ConfigError(f"store.backend = {config.store.backend!r} is not available in "
                               "this build; use 'sqlite'")

@@ -30,6 +30,9 @@ SCHEMA_VERSION = 2
 ``replay_guards``, ``adapter_state``, ``messages.ticket_id`` nullable (``automated`` messages
 have no ticket)."""
 
+STORE_FILE = "intake.sqlite3"
+"""The store's file name in the data directory, unless ``store.path`` names another."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS contacts(

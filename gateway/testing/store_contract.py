@@ -13,22 +13,35 @@ opens a new one on the same data.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.decision import OutboxAck, SubmissionPlan, TicketRow
+from gateway.store.protocols import NewEvent, StoreTx
 from gateway.store.sqlite import SqliteStore
+from gateway.triage import TriageResult
+from schemas import Contact, InboundMessage
 
 __all__ = [
     "STORES",
     "store_factory",
+    "test_a_failed_transaction_settles_no_ack_and_appends_no_event",
     "test_a_probe_write_commits",
+    "test_ack_outbox_due_retry_and_finish",
     "test_adapter_state_is_durable_and_scoped_per_adapter",
     "test_adapter_state_lists_by_prefix",
+    "test_dead_letters_hold_their_ticket_until_removed",
+    "test_event_log_is_in_commit_order_and_wakes_listeners",
+    "test_event_reader_keeps_named_consumer_positions",
+    "test_relay_positions_are_durable_per_relay",
     "test_replay_guard_refuses_a_key_until_it_expires",
     "test_replay_guard_survives_a_restart",
+    "test_sending_without_a_ticket_writes_no_ack_reference",
 ]
 
 StoreFactory = Callable[[], Awaitable[Any]]
@@ -114,3 +127,236 @@ async def test_a_probe_write_commits(store_factory: StoreFactory) -> None:
     store = await store_factory()
     await store.probe_write()
     await store.probe_write()
+
+
+# -- helpers: everything through the store's protocols (gateway/store/protocols.py) ----------
+
+
+def _plan(number: str, email: str) -> SubmissionPlan:
+    now = datetime.now(UTC)
+    message = InboundMessage(channel="email", received_at=now, contact=Contact(email=email),
+                             subject=f"about {number}", text="hello")
+    return SubmissionPlan(
+        message=message, message_uid=f"uid-{number}", delivery_key=None,
+        identities=[("email", email)], fingerprint=f"fp-{number}",
+        triage=TriageResult(kind="consultation", area="other", priority="low", escalated=False,
+                            matched=()),
+        due_at=now + timedelta(days=1), number_day=date.today(), numbers_named=[],
+        duplicate_since=now, chat_since=None, outbox_acks=[], ack_on=(), inline_ack=False,
+        event_source="urn:test")
+
+
+async def _ticket_with_acks(store: Any, number: str, recipients: list[str]) -> TicketRow:
+    """A ticket of a new contact with one pending acknowledgement per recipient, in order."""
+    plan = _plan(number, recipients[0])
+
+    def write(tx: StoreTx) -> TicketRow:
+        contact_id, _view = tx.resolve_contact(plan.identities, None, None)
+        ticket = tx.insert_ticket(number=number, contact_id=contact_id, plan=plan)
+        for to in recipients:
+            tx.insert_ack(ticket_id=ticket.id, message_uid=plan.message_uid,
+                          ack=OutboxAck(channel="email", to=to, reply_to="<m@customer>"),
+                          payload=b'{"facts":"' + to.encode() + b'"}')
+        return ticket
+    return await store.run(write)
+
+
+def _event(n: int, subject: str, *, escalated: bool = False) -> NewEvent:
+    return NewEvent(id=f"ev-{n}", type="ticket.updated", subject=subject,
+                    body=b'{"n":%d}' % n, priority="low", escalated=escalated)
+
+
+async def _append(store: Any, *events: NewEvent) -> list[int]:
+    def write(tx: StoreTx) -> list[int]:
+        return [tx.append_event(event_id=e.id, type_=e.type, subject=e.subject,
+                                priority=e.priority, body=e.body, escalated=e.escalated)
+                for e in events]
+    return await store.run(write)
+
+
+# -- the acknowledgement outbox ----------------------------------------------------------------
+
+
+async def test_ack_outbox_due_retry_and_finish(store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    ticket = await _ticket_with_acks(store, "T-1", ["a@example.org", "b@example.org"])
+    now = time.time()
+    first, second = await store.due_acks(50, now)
+    assert (first.ticket_id, first.channel, first.recipient, first.reply_to, first.attempts) \
+        == (ticket.id, "email", "a@example.org", "<m@customer>", 0)
+    assert first.payload == b'{"facts":"a@example.org"}'
+    assert second.recipient == "b@example.org" and second.id > first.id, "oldest first"
+    assert len(await store.due_acks(1, now)) == 1, "at most limit rows"
+    assert await store.next_ack_attempt() is not None
+
+    later = now + 3600
+    await store.run(lambda tx: tx.retry_ack(first.id, 1, later, "451 try later"))
+    assert [a.id for a in await store.due_acks(50, now)] == [second.id], "not due before `at`"
+    [retried] = [a for a in await store.due_acks(50, later + 1) if a.id == first.id]
+    assert retried.attempts == 1
+
+    sent = NewEvent(id="ev-ack-sent", type="ack.sent", subject="T-1", body=b'{"sent":1}')
+    before = store.last_seq
+    await store.run(lambda tx: tx.finish_ack(second.id, "sent", provider_id="<ack-1@gw>",
+                                             event=sent, ticket_id=ticket.id,
+                                             unguessable=True))
+    assert store.last_seq > before
+    assert (await store.events_after(before, 10))[-1][1] == b'{"sent":1}', "appended with it"
+    assert await store.acks_sent_since("email", "b@example.org", now - 60) == 1
+    assert await store.acks_sent_since("email", "a@example.org", now - 60) == 0
+    assert await store.acks_sent_since("sms", "b@example.org", now - 60) == 0
+    assert await store.acks_sent_since("email", "b@example.org", time.time() + 60) == 0
+    found = await store.run(lambda tx: tx.ticket_by_reference(["<unknown>", "<ack-1@gw>"]))
+    assert found is not None and found[0].number == "T-1" and found[1] is True
+
+    next_at = await store.next_ack_attempt()
+    assert next_at is not None and abs(next_at - later) < 1, "only the retried row is pending"
+    await store.run(lambda tx: tx.finish_ack(first.id, "failed", error="gave up"))
+    assert await store.next_ack_attempt() is None
+    assert await store.due_acks(50, later + 1) == []
+    await store.close()
+
+    again = await store_factory()
+    assert await again.due_acks(50, later + 1) == [], "settled rows stay settled"
+    assert await again.acks_sent_since("email", "b@example.org", now - 60) == 1
+
+
+async def test_sending_without_a_ticket_writes_no_ack_reference(
+        store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    await _ticket_with_acks(store, "T-2", ["c@example.org", "d@example.org"])
+    c, d = await store.due_acks(50, time.time())
+    await store.run(lambda tx: tx.finish_ack(c.id, "sent", provider_id="<no-ticket@gw>"))
+    await store.run(lambda tx: tx.finish_ack(d.id, "sent", provider_id="<guessable>",
+                                             ticket_id=d.ticket_id))
+    assert await store.run(lambda tx: tx.ticket_by_reference(["<no-ticket@gw>"])) is None
+    found = await store.run(lambda tx: tx.ticket_by_reference(["<guessable>"]))
+    assert found is not None and found[1] is False, "not unguessable unless the sender says so"
+
+
+async def test_a_failed_transaction_settles_no_ack_and_appends_no_event(
+        store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    await _ticket_with_acks(store, "T-3", ["e@example.org"])
+    [ack] = await store.due_acks(50, time.time())
+    before = store.last_seq
+
+    def half(tx: StoreTx) -> None:
+        tx.finish_ack(ack.id, "sent", provider_id="<x@gw>", ticket_id=ack.ticket_id,
+                      event=NewEvent(id="ev-lost", type="ack.sent", subject="T-3", body=b"{}"))
+        raise RuntimeError("the sender's bookkeeping failed")
+    with pytest.raises(RuntimeError):
+        await store.run(half)
+    assert [a.id for a in await store.due_acks(50, time.time())] == [ack.id]
+    assert await store.events_after(before, 10) == []
+    assert await store.run(lambda tx: tx.ticket_by_reference(["<x@gw>"])) is None
+
+
+# -- the event log and its consumers ----------------------------------------------------------
+
+
+async def test_event_log_is_in_commit_order_and_wakes_listeners(
+        store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    woken: list[int] = []
+    store.on_commit(woken.append)
+    seqs = await _append(store, _event(1, "T-1"), _event(2, "T-2", escalated=True),
+                         _event(3, "T-1"))
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert store.last_seq == seqs[-1]
+    assert await store.events_after(0, 10) == [(s, b'{"n":%d}' % n)
+                                               for s, n in zip(seqs, (1, 2, 3), strict=True)]
+    assert [s for s, _ in await store.events_after(seqs[0], 1)] == [seqs[1]]
+    outbound = await store.outbound_after(seqs[0], 10)
+    assert [(e.seq, e.id, e.type, e.subject, e.priority, e.escalated) for e in outbound] == [
+        (seqs[1], "ev-2", "ticket.updated", "T-2", "low", True),
+        (seqs[2], "ev-3", "ticket.updated", "T-1", "low", False)]
+    assert outbound[0].body == b'{"n":2}'
+    deadline = asyncio.get_running_loop().time() + 5
+    while not woken or woken[-1] != seqs[-1]:
+        assert asyncio.get_running_loop().time() < deadline, woken
+        await asyncio.sleep(0.01)
+    await store.close()
+    again = await store_factory()
+    assert again.last_seq == seqs[-1], "known again after a restart"
+    assert [s for s, _ in await again.events_after(0, 10)] == seqs
+
+
+async def test_event_reader_keeps_named_consumer_positions(store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    seqs = await _append(store, _event(1, "T-1"), _event(2, "T-1"))
+    # Beside the open store, as ``tail`` runs beside a gateway; blocking calls, like the CLI.
+    reader = store.event_reader()
+    try:
+        assert [s for s, _ in reader.events_after(0, 10)] == seqs
+        offsets = reader.consumer_offsets()
+        assert offsets.position("crm") is None
+        offsets.save("crm", seqs[0])
+        offsets.save("audit", seqs[1])
+        offsets.save("crm", seqs[1])
+        offsets.close()
+    finally:
+        reader.close()
+    await store.close()
+    reader = (await store_factory()).event_reader()
+    try:
+        offsets = reader.consumer_offsets()
+        assert (offsets.position("crm"), offsets.position("audit")) == (seqs[1], seqs[1])
+        assert offsets.position("new") is None
+        assert reader.events_after(seqs[1], 10) == []
+        offsets.close()
+    finally:
+        reader.close()
+
+
+# -- the relay: positions, dead letters, held tickets ------------------------------------------
+
+
+async def test_relay_positions_are_durable_per_relay(store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    assert await store.run(lambda tx: tx.relay_position("nats")) == 0
+    await store.run(lambda tx: tx.save_relay_position("nats", 7))
+    await store.run(lambda tx: tx.save_relay_position("nats", 9))
+    await store.run(lambda tx: tx.save_relay_position("webhook", 3))
+    await store.close()
+    again = await store_factory()
+    assert await again.run(lambda tx: (tx.relay_position("nats"),
+                                       tx.relay_position("webhook"))) == (9, 3)
+
+
+async def test_dead_letters_hold_their_ticket_until_removed(store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    a1, b1, a2 = await _append(store, _event(1, "T-A"), _event(2, "T-B", escalated=True),
+                               _event(3, "T-A"))
+
+    def dead(tx: StoreTx) -> tuple[bool, bool, bool]:
+        first = tx.add_dead_letter(a1, "webhook", 3, "refused: 422")
+        repeat = tx.add_dead_letter(a1, "webhook", 0, "again")
+        held = tx.add_dead_letter(a2, "webhook", 0, f"held behind seq {a1}")
+        # The dead letter and the position past it, in one transaction (the relay's way).
+        tx.save_relay_position("webhook", a2)
+        return first, repeat, held
+    assert await store.run(dead) == (True, False, True)
+    assert await store.run(lambda tx: tx.add_dead_letter(b1, "nats", 1, "x" * 2_000))
+
+    assert await store.run(lambda tx: tx.held_tickets("webhook")) == {"T-A": a1}
+    assert await store.run(lambda tx: tx.held_tickets("webhook", ["T-B"])) == {}
+    assert await store.run(lambda tx: tx.held_tickets("webhook", [])) == {}
+    assert await store.run(lambda tx: tx.held_tickets("nats", ["T-A", "T-B"])) == {"T-B": b1}
+    letters = await store.dead_letters("webhook")
+    assert [(d.event.seq, d.event.id, d.attempts, d.error) for d in letters] == [
+        (a1, "ev-1", 3, "refused: 422"), (a2, "ev-3", 0, f"held behind seq {a1}")]
+    assert letters[0].event.body == b'{"n":1}' and letters[0].event.subject == "T-A"
+    [(nats_event, _attempts, error)] = await store.dead_letters("nats")
+    assert nats_event.escalated and 0 < len(error) < 2_000, "errors are kept short"
+    await store.close()
+
+    store = await store_factory()
+    assert await store.run(lambda tx: tx.relay_position("webhook")) == a2
+    await store.remove_dead_letter("webhook", a1)
+    assert await store.run(lambda tx: tx.held_tickets("webhook")) == {"T-A": a2}
+    await store.remove_dead_letter("webhook", a2)
+    await store.remove_dead_letter("webhook", a2)  # already gone: nothing happens
+    assert await store.dead_letters("webhook") == []
+    assert await store.run(lambda tx: tx.held_tickets("webhook")) == {}
+    assert len(await store.dead_letters("nats")) == 1, "publishers are separate"
