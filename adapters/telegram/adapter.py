@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import logging
 import re
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
@@ -55,8 +54,6 @@ from schemas import (
     InboundMessage,
     ThreadHints,
 )
-
-log = logging.getLogger("intake.telegram")
 
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _TOKEN = re.compile(r"^(\d+):[A-Za-z0-9_-]+$")
@@ -209,16 +206,16 @@ class TelegramAdapter(AdapterBase):
                 bot = await self._ensure_bot()
                 await bot.set_webhook(url=self._webhook_url() or "", secret_token=self.secret,
                                       allowed_updates=_ALLOWED_UPDATES)
-                log.info("webhook registered")
+                self.ctx.log.info("webhook registered")
                 return
             except BadRequest as exc:  # a NetworkError in PTB's tree, but final
-                log.error("setWebhook refused: %s", exc.message)
+                self.ctx.log.error("setWebhook refused: %s", exc.message)
                 return
             except (NetworkError, RetryAfter) as exc:
-                log.warning("setWebhook failed (%s); retrying in %.0f s", type(exc).__name__,
-                            delay)
+                self.ctx.log.warning("setWebhook failed (%s); retrying in %.0f s",
+                                     type(exc).__name__, delay)
             except TelegramError as exc:
-                log.error("setWebhook refused: %s", exc)
+                self.ctx.log.error("setWebhook refused: %s", exc)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 300.0)
@@ -273,8 +270,8 @@ class TelegramAdapter(AdapterBase):
                 continue
             except (InvalidToken, TelegramForbidden, Conflict, NetworkError) as exc:
                 # TimedOut is a NetworkError; all of these may pass (or need the operator).
-                log.warning("getUpdates failed (%s); retrying in %.0f s", type(exc).__name__,
-                            delay)
+                self.ctx.log.warning("getUpdates failed (%s); retrying in %.0f s",
+                                     type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
                 continue
@@ -285,12 +282,12 @@ class TelegramAdapter(AdapterBase):
                 try:
                     await self.handle_update(msgspec.convert(item, TgUpdate))
                 except msgspec.ValidationError:
-                    log.warning("update %s is not understood; skipped", update_id)
+                    self.ctx.log.warning("update %s is not understood; skipped", update_id)
                 except RejectedInput as exc:
-                    log.warning("update %s refused: %s", update_id, exc.reason)
+                    self.ctx.log.warning("update %s refused: %s", update_id, exc.reason)
                 except TransientError:
                     # Not confirmed: getUpdates serves it again after the pause.
-                    log.warning("update %s not stored yet; retrying", update_id)
+                    self.ctx.log.warning("update %s not stored yet; retrying", update_id)
                     await asyncio.sleep(delay)
                     break
                 offset = update_id + 1
@@ -435,7 +432,7 @@ class TelegramAdapter(AdapterBase):
             await bot.send_message(chat_id=chat_id, text=text)
         except TelegramError as exc:
             # A courtesy only: nothing to retry, and the customer can simply write.
-            log.warning("welcome not sent: %s", type(exc).__name__)
+            self.ctx.log.warning("welcome not sent: %s", type(exc).__name__)
 
     # -- acknowledgements ---------------------------------------------------------------------
 

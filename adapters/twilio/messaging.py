@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import mimetypes
 import re
 from urllib.parse import urljoin
@@ -24,8 +23,6 @@ from gateway.plugin import (
     read_limited,
 )
 from schemas import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
-
-log = logging.getLogger("intake.twilio")
 
 # Short codes and alphanumeric sender ids cannot be E.164, yet they are who wrote.
 _SENDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,15}$")
@@ -58,11 +55,11 @@ class MessagingMixin(TwilioParts):
             # remember opt-outs so that nothing is sent later, and open no ticket for them.
             if keyword == "opt_out":
                 await self.state.set_opt_out(network, phone, True)
-                log.info("opt-out recorded for message %s", sid)
+                self.ctx.log.info("opt-out recorded for message %s", sid)
                 return _twiml(render_twiml_empty())
             if keyword == "opt_in":
                 await self.state.set_opt_out(network, phone, False)
-                log.info("opt-in recorded for message %s", sid)
+                self.ctx.log.info("opt-in recorded for message %s", sid)
                 return _twiml(render_twiml_empty())
             if keyword == "help":
                 return _twiml(render_twiml_empty())

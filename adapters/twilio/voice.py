@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from datetime import UTC, datetime
 
@@ -28,8 +27,6 @@ from adapters.twilio.state import VoiceCall
 from gateway.errors import RejectedInput, TooLarge
 from gateway.plugin import Nobody, Outbox, Reply
 from schemas import Attachment, Contact, InboundMessage, Receipt, ThreadHints
-
-log = logging.getLogger("intake.twilio")
 
 
 class VoiceMixin(TwilioParts):
@@ -178,7 +175,7 @@ class VoiceMixin(TwilioParts):
                 try:
                     await self._finish_call(call_sid)
                 except Exception:  # one bad call must not stop the others; retried soon
-                    log.exception("voice mail of call %s could not be submitted", call_sid)
+                    self.ctx.log.exception("voice mail of call %s could not be submitted", call_sid)
                     wake_at = min(wake_at or now + 30, now + 30)
             timeout = None if wake_at is None else max(0.05, wake_at - time.time())
             with contextlib.suppress(TimeoutError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -37,8 +36,6 @@ from gateway.plugin import (
     resolve_secret,
 )
 from schemas import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
-
-log = logging.getLogger("intake.wechat")
 
 _ANSWERED = ("created", "duplicate", "replayed")
 """Outcomes answered with the acknowledgement; a follow-up gets no reply, as in the outbox."""
@@ -121,10 +118,10 @@ class WeChatAdapter(AdapterBase):
     async def start(self) -> None:
         """Open the session images are fetched with; warn when plain pushes face the network."""
         if self.config.mode != "safe" and not is_loopback(self.ctx.listen_host):
-            log.warning("adapters.wechat.mode = %r on %s: WeChat signs the query of plain "
-                        "pushes, not their body, so only the replay guard stands between a "
-                        "captured query and a forged message; use mode = \"safe\"",
-                        self.config.mode, self.ctx.listen_host)
+            self.ctx.log.warning(
+                "adapters.wechat.mode = %r on %s: WeChat signs the query of plain pushes, not "
+                "their body, so only the replay guard stands between a captured query and a "
+                "forged message; use mode = \"safe\"", self.config.mode, self.ctx.listen_host)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.image_timeout))
 
@@ -247,8 +244,8 @@ class WeChatAdapter(AdapterBase):
             # Shielded: a slow commit finishes even when this answer gives up waiting.
             return await asyncio.wait_for(asyncio.shield(entry[1]), self.config.reply_deadline)
         except TimeoutError:
-            log.warning("message %s took longer than the reply deadline; answered without "
-                        "an acknowledgement", msg_key)
+            self.ctx.log.warning("message %s took longer than the reply deadline; answered "
+                                 "without an acknowledgement", msg_key)
             return None
 
     def _drop_if_failed(self, key: tuple[str, str], task: asyncio.Task[bytes | None]) -> None:
