@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -72,17 +72,22 @@ async def until(predicate, *, timeout: float = 10.0, what: str = "condition") ->
         await asyncio.sleep(0.05)
 
 
-def book_of(gw: Gateway, mailbox: str = "support") -> dict | None:
-    """The adapter's bookkeeping of one mailbox on disk, or None before it was first written.
+async def book_of(gw: Gateway, mailbox: str = "support") -> dict | None:
+    """The adapter's bookkeeping of one mailbox in the store, or None before it was first written.
 
     The adapter counts a mail as accepted when submit returns and records its UID after the
-    whole batch: wait on the file, never read it right after a count.
+    whole batch: wait on the state, never read it right after a count.
     """
-    path = Path(gw.data_dir) / "imap" / "state.json"
-    try:
-        return json.loads(path.read_text())["mailboxes"].get(mailbox)
-    except FileNotFoundError:
-        return None
+    for key, value in await gw.store.adapter_state("imap").items():
+        if key == f"mailbox:{mailbox}":
+            return json.loads(value)
+    return None
+
+
+async def book_matches(gw: Gateway, check: Callable[[dict], bool]) -> bool:
+    """Whether the mailbox's bookkeeping is stored and passes ``check`` (for ``until``)."""
+    book = await book_of(gw)
+    return book is not None and check(book)
 
 
 async def created(gw: Gateway) -> list[dict]:
@@ -102,7 +107,27 @@ async def test_mail_read_by_another_client_first_is_still_taken(
     await until(lambda: imap.counts("support")["accepted"] == 2, what="both taken")
     assert len(await created(gw)) == 2
     await until(lambda: len(capture.messages) == 2, what="two acknowledgements")
-    await until(lambda: (book_of(gw) or {}).get("last_uid") == 2, what="both recorded")
+    await until(lambda: book_matches(gw, lambda b: b["last_uid"] == 2), what="both recorded")
+
+
+async def test_a_bookkeeping_file_of_an_earlier_version_is_taken_over_once(
+        make_gateway: MakeGateway, dovecot: PrivateDovecot, capture: SmtpCapture,
+        tmp_path: Path) -> None:
+    with dovecot.client() as c:
+        for n in (1, 2, 3):
+            c.append("INBOX", mail(n))
+        validity = int(c.select_folder("INBOX")[b"UIDVALIDITY"])
+    data_dir = tmp_path / "upgraded"
+    old = data_dir / "imap" / "state.json"
+    old.parent.mkdir(parents=True)
+    old.write_text(json.dumps({"version": 1, "mailboxes": {
+        "support": {"uidvalidity": validity, "last_uid": 2}}}))
+    gw = await make_gateway(config(dovecot, capture), data_dir=data_dir)
+    imap = imap_of(gw)
+    await until(lambda: book_matches(gw, lambda b: b["last_uid"] == 3), what="mail 3 recorded")
+    assert imap.counts("support")["accepted"] == 1, "mails 1 and 2 were taken before"
+    assert len(await created(gw)) == 1
+    assert json.loads(old.read_text())["mailboxes"]["support"]["last_uid"] == 2, "left as is"
 
 
 async def test_taken_mail_is_flagged_or_moved_only_after_submit(
@@ -129,8 +154,9 @@ async def test_uidvalidity_change_reads_again_without_duplicates(
     gw = await make_gateway(config(dovecot, capture, folder="Support"))
     imap = imap_of(gw)
     await until(lambda: imap.counts("support")["accepted"] == 2, what="first two")
-    await until(lambda: (book_of(gw) or {}).get("last_uid") == 2, what="first two recorded")
-    first_validity = book_of(gw)["uidvalidity"]  # type: ignore[index]
+    await until(lambda: book_matches(gw, lambda b: b["last_uid"] == 2),
+                what="first two recorded")
+    first_validity = (await book_of(gw))["uidvalidity"]  # type: ignore[index]
 
     # Someone recreates the folder (a migration, a restore): new UIDVALIDITY, UIDs from 1.
     with dovecot.client() as c:
@@ -143,9 +169,10 @@ async def test_uidvalidity_change_reads_again_without_duplicates(
                 what="the recreated folder read again")
     numbers = [e["subject"] for e in await created(gw)]
     assert len(numbers) == 3 and len(set(numbers)) == 3, "mails 1 and 2 were replays"
-    await until(lambda: (book_of(gw) or {}).get("uidvalidity") not in (None, first_validity),
+    await until(lambda: book_matches(gw, lambda b: b["uidvalidity"] != first_validity),
                 what="the new UIDVALIDITY recorded")
-    await until(lambda: book_of(gw)["last_uid"] == 3, what="the recreated folder recorded")  # type: ignore[index]
+    await until(lambda: book_matches(gw, lambda b: b["last_uid"] == 3),
+                what="the recreated folder recorded")
     # No second acknowledgement for a replay: a later mail IS acknowledged, and the outbox is
     # sent in order, so once its acknowledgement is there any for a replay would be too.
     with dovecot.client() as c:

@@ -11,10 +11,10 @@ import random
 import re
 import ssl
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 from imapclient import IMAPClient
@@ -23,17 +23,19 @@ from prometheus_client import Counter, Gauge
 from adapters.mail.keep import keep_raw, store_mail_attachments
 from adapters.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
 from adapters.mail.parse import MailLimits, parse_email, to_inbound
-from gateway.config import is_loopback, resolve_secret
-from gateway.contracts import AdapterContext
-from gateway.decision import OutboxAck
 from gateway.errors import ConfigError, RejectedInput, TransientError
-from gateway.files import write_durably
-from gateway.intake import now_utc
-
-if TYPE_CHECKING:
-    from aiohttp import web
-
-    from gateway.intake import IntakeService
+from gateway.plugin import (
+    INLINE_REPLY,
+    AdapterBase,
+    AdapterContext,
+    AdapterState,
+    Intake,
+    Outbox,
+    Reply,
+    is_loopback,
+    resolve_secret,
+)
+from gateway.plugin.files import write_durably
 
 log = logging.getLogger("intake.imap")
 
@@ -111,44 +113,68 @@ class _MailboxState(msgspec.Struct, frozen=True):
 
 
 class _StateFile(msgspec.Struct):
+    """``<data_dir>/imap/state.json``, where the bookkeeping was kept before the store."""
+
     version: int = 1
     mailboxes: dict[str, _MailboxState] = {}
 
 
-_decode_state = msgspec.json.Decoder(_StateFile)
+_decode_state_file = msgspec.json.Decoder(_StateFile)
+_decode_mailbox = msgspec.json.Decoder(_MailboxState)
 _encode = msgspec.json.Encoder().encode
+_KEY_PREFIX = "mailbox:"
+_MAX_KEY = 200
+
+
+def book_key(name: str) -> str:
+    """The state key of one mailbox's position: ``mailbox:<name>`` (hashed when too long)."""
+    key = _KEY_PREFIX + name
+    if len(key) > _MAX_KEY:
+        key = f"{_KEY_PREFIX}sha256:{hashlib.sha256(name.encode()).hexdigest()}"
+    return key
 
 
 class UidBook:
-    """UIDVALIDITY + last UID per mailbox in ``<data_dir>/imap/state.json``, written durably.
+    """UIDVALIDITY + last UID per mailbox, one key each in the adapter's durable state.
 
     Not \\Seen and not dates: another client reading a message must not hide it from us, and
     a message is taken exactly once per UIDVALIDITY. After a UIDVALIDITY change the mailbox is
     read again from the start and the store's Message-ID replay check absorbs the repeats.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.state = _StateFile()
-        self._lock = asyncio.Lock()
+    def __init__(self, state: AdapterState, legacy_file: Path) -> None:
+        self.state = state
+        self.legacy_file = legacy_file
 
-    def load(self) -> None:
+    async def migrate(self) -> None:
+        """Take over ``state.json`` once, if it exists and nothing is stored yet; the file is
+        then left as it is (a downgrade still finds it)."""
+        if await self.state.items(_KEY_PREFIX):
+            return
         try:
-            self.state = _decode_state.decode(self.path.read_bytes())
+            data = await asyncio.to_thread(self.legacy_file.read_bytes)
+            legacy = _decode_state_file.decode(data)
         except FileNotFoundError:
-            self.state = _StateFile()
+            return
         except (OSError, msgspec.DecodeError) as exc:
-            raise ConfigError(f"cannot read the IMAP bookkeeping {self.path}: {exc}; move it "
-                              "away to read every mailbox again (replays are deduplicated)"
+            raise ConfigError(f"cannot read the IMAP bookkeeping {self.legacy_file}: {exc}; "
+                              "move it away to read every mailbox again (replays are "
+                              "deduplicated)") from exc
+        for name, position in legacy.mailboxes.items():
+            await self.state.put(book_key(name), _encode(position))
+
+    async def get(self, name: str) -> _MailboxState | None:
+        value = await self.state.get(book_key(name))
+        if value is None:
+            return None
+        try:
+            return _decode_mailbox.decode(value)
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"the IMAP bookkeeping of mailbox {name!r} is unreadable: {exc}"
                               ) from exc
 
-    def get(self, name: str) -> _MailboxState | None:
-        return self.state.mailboxes.get(name)
-
     async def record(self, name: str, uidvalidity: int, last_uid: int) -> None:
-        async with self._lock:
-            self.state.mailboxes[name] = _MailboxState(uidvalidity, last_uid)
-            await asyncio.to_thread(write_durably, self.path, _encode(self.state))
+        await self.state.put(book_key(name), _encode(_MailboxState(uidvalidity, last_uid)))
 
 
 Taken = Literal["accepted", "quarantined", "vanished"]
@@ -232,7 +258,9 @@ class _Mailbox:
                 await asyncio.wait_for(self._stop.wait(), self.cfg.poll_interval)
 
     async def _drain(self) -> None:
-        uidvalidity, uids = await self._call(self._new_uids)
+        # Read on the loop (the state is async); only this mailbox's watcher writes it.
+        known = await self.adapter.book.get(self.name)
+        uidvalidity, uids = await self._call(self._new_uids, known)
         for start in range(0, len(uids), self.cfg.batch_size):
             if self._stop.is_set():
                 return
@@ -330,11 +358,10 @@ class _Mailbox:
         assert self._client is not None
         return self._client.has_capability("IDLE")
 
-    def _new_uids(self) -> tuple[int, list[int]]:
+    def _new_uids(self, known: _MailboxState | None) -> tuple[int, list[int]]:
         assert self._client is not None
         status = self._client.select_folder(self.cfg.folder)
         uidvalidity = int(status[b"UIDVALIDITY"])
-        known = self.adapter.book.get(self.name)
         last = known.last_uid if known is not None and known.uidvalidity == uidvalidity else 0
         if known is not None and known.uidvalidity != uidvalidity:
             log.warning("mailbox %s: UIDVALIDITY changed; reading it again from the start "
@@ -412,21 +439,20 @@ def _buffered_news(client: IMAPClient) -> bool:
         sock.settimeout(timeout)
 
 
-class ImapAdapter:
+class ImapAdapter(AdapterBase):
     """Mailboxes in: taken once per UIDVALIDITY + UID, flagged or moved after the commit."""
 
     kind: ClassVar[str] = "imap"
     Config: ClassVar[type[msgspec.Struct]] = ImapConfig
 
-    def __init__(self, config: ImapConfig, intake: IntakeService, ctx: AdapterContext) -> None:
-        self.config = config
-        self.intake = intake
+    def __init__(self, config: ImapConfig, intake: Intake, ctx: AdapterContext) -> None:
+        super().__init__(config, intake, ctx)
+        self.config: ImapConfig = config
         self.root = Path(ctx.data_dir) / "imap"
         self.quarantine_dir = self.root / "quarantine"
-        self.book = UidBook(self.root / "state.json")
-        core = intake.config.intake
-        self.limits = MailLimits(max_attachment_bytes=intake.attachments.max_bytes,
-                                 max_attachments=core.max_attachments)
+        self.book = UidBook(ctx.state, self.root / "state.json")
+        self.limits = MailLimits(max_attachment_bytes=intake.limits.max_attachment_bytes,
+                                 max_attachments=intake.limits.max_attachments)
         self.mailboxes: list[_Mailbox] = []
         names: set[str] = set()
         for i, mb in enumerate(config.mailboxes):
@@ -451,14 +477,11 @@ class ImapAdapter:
             names.add(box.name)
             self.mailboxes.append(box)
 
-    def routes(self) -> Iterable[web.AbstractRouteDef]:
-        return []
-
     async def start(self) -> None:
-        """Read the bookkeeping and start one watcher per mailbox."""
+        """Take over an old bookkeeping file and start one watcher per mailbox."""
         if not self.mailboxes:
             return
-        await asyncio.to_thread(self.book.load)
+        await self.book.migrate()
         for box in self.mailboxes:
             box.task = asyncio.create_task(box.run(), name=f"imap:{box.name}")
 
@@ -501,8 +524,9 @@ class ImapAdapter:
             await keep_raw(self.intake, raw, extra)
         mail_class = classify(parsed)
         human = should_acknowledge(mail_class)
-        message = to_inbound(parsed, channel=self.kind, mailbox=mailbox, received_at=now_utc(),
-                             attachments=attachments, not_kept=not_kept)
+        message = to_inbound(parsed, channel=self.kind, mailbox=mailbox,
+                             received_at=self.ctx.clock(), attachments=attachments,
+                             not_kept=not_kept)
         thread = message.thread
         bounced = bounced_message_ids(parsed)
         if bounced:
@@ -515,11 +539,11 @@ class ImapAdapter:
             provider_message_id=(message.provider_message_id
                                  or "sha256:" + hashlib.sha256(raw).hexdigest()),
             metadata={**message.metadata, **extra})
-        ack_via = None
+        reply: Reply = INLINE_REPLY
         email = message.contact.email
         if human and email and email != own.lower():
-            ack_via = OutboxAck(channel="email", to=email, reply_to=parsed.message_id)
-        await self.intake.submit(message, ack_via=ack_via)
+            reply = Outbox(channel="email", to=email, reply_to=parsed.message_id)
+        await self.intake.submit(message, reply=reply)
 
 
 def _safe(name: str) -> str:

@@ -13,7 +13,7 @@ from schemas import FileNotKept
 
 if TYPE_CHECKING:
     from adapters.mail.parse import ParsedEmail
-    from gateway.contracts import Intake
+    from gateway.plugin import Intake
     from schemas import Attachment
 
 

@@ -8,22 +8,15 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import msgspec
 
 from adapters.mail.send import check_address, compose_ack
-from gateway.config import is_loopback, resolve_secret
-from gateway.contracts import AdapterContext
 from gateway.errors import ConfigError, PermanentError, TransientError
+from gateway.plugin import AdapterBase, AdapterContext, Intake, is_loopback, resolve_secret
 from schemas import Acknowledgement
-
-if TYPE_CHECKING:
-    from aiohttp import web
-
-    from gateway.intake import IntakeService
 
 log = logging.getLogger("intake.mailer")
 
@@ -65,7 +58,7 @@ class MailerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Acknowledgements sent over one connection before it is renewed (relays limit this)."""
 
 
-class MailerAdapter:
+class MailerAdapter(AdapterBase):
     """Acknowledgements by email: composed by :mod:`adapters.mail.send`, sent with smtplib."""
 
     kind: ClassVar[str] = "mailer"
@@ -75,8 +68,8 @@ class MailerAdapter:
     """Our Message-IDs are 122 random bits (uuid4) that only the customer's mailbox sees."""
     receives: ClassVar[bool] = False
 
-    def __init__(self, config: MailerConfig, intake: IntakeService,
-                 ctx: AdapterContext) -> None:
+    def __init__(self, config: MailerConfig, intake: Intake, ctx: AdapterContext) -> None:
+        super().__init__(config, intake, ctx)
         if config.tls and config.starttls:
             raise ConfigError("adapters.mailer: set either tls (port 465) or starttls, not both")
         try:
@@ -86,7 +79,7 @@ class MailerAdapter:
         except ValueError:
             raise ConfigError("adapters.mailer.from_address and return_path must be plain "
                               "addresses like support@example.com") from None
-        self.config = config
+        self.config: MailerConfig = config
         self.password = resolve_secret(config.password_env, config.password_file,
                                        key="adapters.mailer.password")
         if config.username and self.password is None:
@@ -108,9 +101,6 @@ class MailerAdapter:
         self._tls_context: ssl.SSLContext | None = None
         if encrypted:
             self._tls_context = ssl.create_default_context(cafile=config.ca_file)
-
-    def routes(self) -> Iterable[web.AbstractRouteDef]:
-        return []
 
     async def start(self) -> None:
         """Nothing to open yet: the relay connection is made on the first acknowledgement."""

@@ -11,8 +11,7 @@ import math
 import socket
 import ssl
 import weakref
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import msgspec
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
@@ -21,18 +20,20 @@ from prometheus_client import Counter
 from adapters.mail.keep import keep_raw, store_mail_attachments
 from adapters.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
 from adapters.mail.parse import MailLimits, parse_email, to_inbound
-from gateway.config import split_listen
-from gateway.contracts import AdapterContext
-from gateway.decision import OutboxAck
 from gateway.errors import ConfigError, RejectedInput, StorageFull, TransientError
-from gateway.intake import now_utc
-from gateway.limits import ConnectionGate, TokenBuckets, peer_key
+from gateway.plugin import (
+    INLINE_REPLY,
+    AdapterBase,
+    AdapterContext,
+    ConnectionGate,
+    Intake,
+    Outbox,
+    Reply,
+    TokenBuckets,
+    peer_key,
+    split_listen,
+)
 from schemas import InboundMessage, Receipt
-
-if TYPE_CHECKING:
-    from aiohttp import web
-
-    from gateway.intake import IntakeService
 
 log = logging.getLogger("intake.smtp")
 
@@ -183,15 +184,15 @@ class _Hooks:
         return await self.adapter.take(envelope)
 
 
-class SmtpAdapter:
+class SmtpAdapter(AdapterBase):
     """Mail in: ``250 2.0.0 OK: <ticket number> (<outcome>)`` only after the durable submit."""
 
     kind: ClassVar[str] = "smtp"
     Config: ClassVar[type[msgspec.Struct]] = SmtpConfig
 
-    def __init__(self, config: SmtpConfig, intake: IntakeService, ctx: AdapterContext) -> None:
-        self.config = config
-        self.intake = intake
+    def __init__(self, config: SmtpConfig, intake: Intake, ctx: AdapterContext) -> None:
+        super().__init__(config, intake, ctx)
+        self.config: SmtpConfig = config
         self._addresses: set[str] = set()
         self._domains: set[str] = set()
         for entry in config.accept:
@@ -226,9 +227,8 @@ class SmtpAdapter:
             raise ConfigError("adapters.smtp.require_starttls needs tls_cert_file and "
                               "tls_key_file")
         self.hostname = config.hostname or socket.gethostname()
-        core = intake.config.intake
-        self.limits = MailLimits(max_attachment_bytes=intake.attachments.max_bytes,
-                                 max_attachments=core.max_attachments)
+        self.limits = MailLimits(max_attachment_bytes=intake.limits.max_attachment_bytes,
+                                 max_attachments=intake.limits.max_attachments)
         self._hooks = _Hooks(self)
         self._server: asyncio.base_events.Server | None = None
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
@@ -243,9 +243,6 @@ class SmtpAdapter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
-
-    def routes(self) -> Iterable[web.AbstractRouteDef]:
-        return []
 
     async def start(self) -> None:
         """Listen on the gateway's loop, so DATA can await the durable submit directly."""
@@ -407,21 +404,21 @@ class SmtpAdapter:
         # A bounce names the mail that bounced: if that was our acknowledgement, its id is in
         # ack_refs and the bounce joins the ticket instead of opening one.
         bounced = bounced_message_ids(parsed)
-        received = now_utc()
+        received = self.ctx.clock()
         receipt: Receipt | None = None
         for index, mailbox in enumerate(mailboxes):
             message = _with_extras(
                 to_inbound(parsed, channel=self.kind, mailbox=mailbox, received_at=received,
                            attachments=attachments, not_kept=not_kept),
                 raw=raw, human=human, bounced=bounced, extra=extra)
-            ack_via = None
+            reply: Reply = INLINE_REPLY
             # One acknowledgement per mail, however many of our mailboxes it was sent to; on a
             # retry after 451 the first mailbox is replayed, its acknowledgement already queued.
             if index == 0 and human and message.contact.email \
                     and not self.accepts(message.contact.email):
-                ack_via = OutboxAck(channel="email", to=message.contact.email,
-                                    reply_to=parsed.message_id)
-            got = await self.intake.submit(message, ack_via=ack_via)
+                reply = Outbox(channel="email", to=message.contact.email,
+                               reply_to=parsed.message_id)
+            got = await self.intake.submit(message, reply=reply)
             receipt = receipt or got
         assert receipt is not None  # aiosmtpd calls DATA only after a RCPT was accepted
         return receipt
