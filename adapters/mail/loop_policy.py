@@ -114,15 +114,15 @@ class _View(msgspec.Struct, frozen=True, kw_only=True):
 
 def _view_of_headers(items: Mapping[str, str] | Message) -> _View:
     headers: dict[str, str] = {}
-    for name, value in items.items():
-        key = str(name).lower()
+    for header, value in items.items():
+        key = str(header).lower()
         if key not in headers:
             headers[key] = " ".join(decode_encoded_words(str(value)).split())
     sender = headers.get("from", "")
     angle = _ANGLE_ADDR.search(sender)
     if angle is not None:
         address: str | None = angle.group(1).strip().lower() or None
-        name = sender[: angle.start()].strip().strip('"') or None
+        name: str | None = sender[: angle.start()].strip().strip('"') or None
     else:
         bare = _BARE_ADDR.search(sender)
         address = bare.group(0).lower() if bare else None

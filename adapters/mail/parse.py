@@ -159,7 +159,7 @@ _FORWARD_MARK = "---------- Forwarded message ----------"
 class _RawHeaders(Compat32):
     """compat32, except header values come back as the raw strings the parser stored."""
 
-    def header_fetch_parse(self, name: str, value: str) -> str:  # type: ignore[override]
+    def header_fetch_parse(self, name: str, value: str) -> str:
         # compat32 would wrap 8-bit values in a Header object; we decode them ourselves.
         return value
 
