@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from gateway.language import chinese_script, is_language_tag, message_language
+from gateway.language import message_language
+from gateway.plugin.locales import SUPPORTED_LOCALES as SUPPORTED
+from gateway.plugin.locales import pick_locale
 from gateway.sla import BusinessCalendar, format_due
 from schemas import Acknowledgement, FileNotKept, Outcome
 
-SUPPORTED_LOCALES = ("zh-CN", "zh-TW", "en")
+SUPPORTED_LOCALES = SUPPORTED  # the acknowledgement languages (gateway.plugin.locales)
 
 _SUBJECTS: dict[str, dict[str, str]] = {
     "en": {
@@ -57,28 +59,6 @@ _TEXTS: dict[str, dict[str, str]] = {
         "followup": "您的補充資訊已加入工單 {number}。我們將在{due}前答覆您。",
     },
 }
-
-
-def pick_locale(language: str | None, default: str) -> str:
-    """The acknowledgement locale for a message's language (a BCP 47 tag, or an Accept-Language
-    value's first tag): ``zh-CN``, ``zh-TW`` or ``en``.
-
-    Chinese tags go by script (``zh-HK``, ``zh-Hant``, ``yue`` are traditional, ``zh-Hans-HK``
-    simplified; a bare ``zh`` takes the default's variant if the default is Chinese). English
-    answers English and every other language we have no template for, since a reader of
-    Japanese or French is likelier to read English than Chinese. Only when ``language`` is
-    missing or unusable does ``default`` decide (and an unusable default gives English).
-    """
-    for tag in (language, default):
-        if not tag or not is_language_tag(tag):
-            continue
-        script = chinese_script(tag)
-        if script == "Hani":
-            return "zh-TW" if chinese_script(default) == "Hant" else "zh-CN"
-        if script is not None:
-            return "zh-TW" if script == "Hant" else "zh-CN"
-        return "en"
-    return "en"
 
 
 def ack_locale(declared: str | None, text: str, default: str, subject: str = "") -> str:

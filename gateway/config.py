@@ -31,7 +31,7 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Base for config sections: immutable, keyword-only, unknown keys rejected."""
 
 
-class ServerConfig(_Section):
+class ServerConfig(_Section, frozen=True):
     """The HTTP listener shared by the web form, the API, webhooks, health and events."""
 
     listen: str = "127.0.0.1:8080"
@@ -60,7 +60,7 @@ class ServerConfig(_Section):
     """Seconds a request body may take to arrive in full after its head (0: no limit)."""
 
 
-class StoreConfig(_Section):
+class StoreConfig(_Section, frozen=True):
     """Where tickets, messages and the outbox live."""
 
     backend: Literal["sqlite", "postgres"] = "sqlite"
@@ -72,7 +72,7 @@ class StoreConfig(_Section):
     """Most submissions folded into one SQLite transaction (one fsync)."""
 
 
-class IntakeConfig(_Section):
+class IntakeConfig(_Section, frozen=True):
     """Pipeline windows and defaults."""
 
     duplicate_window: str = "24h"
@@ -92,14 +92,14 @@ class IntakeConfig(_Section):
     and the whole message is fetched by reference (``body_url``, with the events token)."""
 
 
-class AttachmentsConfig(_Section):
+class AttachmentsConfig(_Section, frozen=True):
     """Attachment storage (content-addressed files under the data directory)."""
 
     path: str | None = None
     """Default ``<data-dir>/attachments``."""
 
 
-class QueueConfig(_Section):
+class QueueConfig(_Section, frozen=True):
     """The downstream queue: ``embedded`` by default, or a registered publisher kind."""
 
     backend: str = "embedded"
@@ -141,7 +141,7 @@ class AckPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     so their status updates share a group commit instead of waiting for one fsync each."""
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     """The root of ``gateway.toml``; every key is documented in ``deploy/gateway.example.toml``."""
 
     server: ServerConfig = ServerConfig()

@@ -227,20 +227,20 @@ def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) 
                 hints.append(candidate.number)
     if ticket is None:
         for number in plan.numbers_named:
-            candidate = tx.ticket_by_number(number)
-            if candidate is None:
+            named = tx.ticket_by_number(number)
+            if named is None:
                 continue
             # No hijacking: a number only joins a ticket when it comes from that ticket's
             # contact, and a claim to be that contact only when the contact is told.
-            if candidate.contact_id == contact_id:
+            if named.contact_id == contact_id:
                 if plan.verified:
-                    ticket, matched_by = candidate, "ticket_number"
+                    ticket, matched_by = named, "ticket_number"
                     break
-                if routes := _owner_acks(tx, plan, candidate):
-                    ticket, matched_by, owner_acks = candidate, "ticket_number", routes
+                if routes := _owner_acks(tx, plan, named):
+                    ticket, matched_by, owner_acks = named, "ticket_number", routes
                     break
-            if candidate.number not in hints:
-                hints.append(candidate.number)
+            if named.number not in hints:
+                hints.append(named.number)
     view = _message_view(plan)
     now = msg.received_at
     if ticket is None and msg.auto_submitted:

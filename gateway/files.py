@@ -4,32 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename, fsync dir).
-
-    A reader sees the old content or the new, never a part; after return, a power loss keeps
-    the new content.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename is durable only once the directory is synced
-    finally:
-        os.close(dir_fd)
+from gateway.plugin.files import write_durably  # noqa: F401  (the core writes durably too)
 
 
 def make_private_dir(path: Path) -> None:

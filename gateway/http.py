@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("intake.http")
 
 RUNTIME = web.AppKey("runtime", object)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LAST_EVENT_SEQ = Gauge("intake_outbox_last_seq", "Sequence of the newest committed event")
 SLOW_BODIES = Counter("intake_http_slow_bodies_total",
@@ -56,7 +58,7 @@ def error_response(exc: RejectedInput) -> web.Response:
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map the error tree to HTTP once, so no adapter answers a 500 with a traceback."""
     try:
         return await handler(request)
@@ -107,7 +109,7 @@ def body_deadline(timeout: float) -> Any:
     """
 
     @web.middleware
-    async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if timeout <= 0 or not request.body_exists or request.content.is_eof():
             return await handler(request)
         cut = asyncio.get_running_loop().call_later(timeout, _cut_slow_body, request)

@@ -10,9 +10,9 @@ transaction is durable.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
 
@@ -50,15 +50,23 @@ SUBMIT_SECONDS = Histogram("intake_submit_seconds", "Time from submit to durable
                            buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 
 
+_T = TypeVar("_T")
 _TEXT_NUMBER_SCAN = 4000
 """Characters of the text searched for a ticket number (quoted history comes further down)."""
 _MAX_NAMED = 5
 
 
 class RunsDecision(Protocol):
-    """The part of a store the intake needs: run the decision in one durable transaction."""
+    """The part of a store the intake needs: the decision in one durable transaction, and the
+    replay guard."""
 
-    async def run(self, fn): ...  # type: ignore[no-untyped-def]
+    async def run(self, fn: Callable[[Any], _T]) -> _T:
+        """Run ``fn(tx)`` in one transaction; return its result once durable."""
+        ...
+
+    async def first_use(self, scope: str, key: str, *, ttl: float) -> bool:
+        """See :meth:`gateway.plugin.Intake.first_use`."""
+        ...
 
 
 class IntakeService:
@@ -116,7 +124,7 @@ class IntakeService:
 
     async def first_use(self, scope: str, key: str, *, ttl: float) -> bool:
         """See :meth:`gateway.contracts.Intake.first_use`."""
-        return await self.store.first_use(scope, key, ttl=ttl)  # type: ignore[attr-defined]
+        return await self.store.first_use(scope, key, ttl=ttl)
 
     async def submit(self, message: InboundMessage, *, reply: Reply = INLINE,
                      ack_via: OutboxAck | None = None, inline_reaches_phone: bool = False,

@@ -339,11 +339,12 @@ class TelegramAdapter(AdapterBase):
                     "telegram.date": str(msg.date), **notes}
         if edited:
             metadata["telegram.edited"] = "true"
-        name = " ".join(x for x in (sender.first_name, sender.last_name) if x) or sender.username
+        sender_name = " ".join(
+            x for x in (sender.first_name, sender.last_name) if x) or sender.username
         message = InboundMessage(
             channel=self.kind, provider_message_id=key, delivery_scope=self.bot_id,
             received_at=self.ctx.clock(),
-            contact=Contact(name=name, phone=phone, chat_ids={"telegram": str(sender.id)},
+            contact=Contact(name=sender_name, phone=phone, chat_ids={"telegram": str(sender.id)},
                             verified_by="telegram"),
             text=text, attachments=attachments, files_not_kept=not_kept,
             thread=ThreadHints(in_reply_to=in_reply_to,

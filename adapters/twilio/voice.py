@@ -98,6 +98,8 @@ class VoiceMixin(TwilioParts):
                     return
                 if call.ticket_number is None:
                     receipt = await self._submit_call(call)
+                    # A voice mail is never machine mail, so it always has a ticket.
+                    assert receipt.ticket_number is not None
                     await self.state.mark_submitted(call_sid, receipt.ticket_number,
                                                     with_transcript=bool(call.transcript))
                 elif call.transcript and not call.transcript_submitted:

@@ -7,6 +7,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from functools import partial
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -237,7 +238,7 @@ class WeChatAdapter(AdapterBase):
         entry = self._replies.get(key)
         if entry is None:
             task = asyncio.create_task(self._submit(push, msg_key))
-            task.add_done_callback(lambda t, k=key: self._drop_if_failed(k, t))
+            task.add_done_callback(partial(self._drop_if_failed, key))
             entry = (time.monotonic(), task)
             self._replies[key] = entry
         try:

@@ -6,6 +6,33 @@ operator inspects on this machine.
 
 from __future__ import annotations
 
-from gateway.files import write_durably
+import os
+import tempfile
+from pathlib import Path
 
 __all__ = ["write_durably"]
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename, fsync dir).
+
+    A reader sees the old content or the new, never a part; after return, a power loss keeps
+    the new content.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename is durable only once the directory is synced
+    finally:
+        os.close(dir_fd)
+

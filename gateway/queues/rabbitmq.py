@@ -238,7 +238,7 @@ class RabbitMqPublisher:
         self._connection, self._exchange = connection, exchange
 
 
-async def _confirms(tasks: list[asyncio.Future[Any]], *, idle: float) -> None:
+async def _confirms(tasks: Sequence[asyncio.Future[Any]], *, idle: float) -> None:
     """Wait for every confirm; TimeoutError once ``idle`` seconds pass without a new one."""
     pending: set[asyncio.Future[Any]] = set(tasks)
     while pending:

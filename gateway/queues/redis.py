@@ -143,7 +143,7 @@ class RedisStreamsPublisher:
                 for key in (config.stream, config.escalation_stream):
                     if key and (kind := await client.type(key)) not in (b"stream", b"none"):
                         raise ConfigError(
-                            f"Redis: key {key!r} holds a {kind.decode()}, not a stream"
+                            f"Redis: key {key!r} holds a {_text(kind)}, not a stream"
                         )
         except redis.exceptions.AuthenticationError as exc:
             await client.aclose()
@@ -155,3 +155,8 @@ class RedisStreamsPublisher:
             await client.aclose()
             raise
         self._client = client
+
+
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text (the client answers bytes unless it decodes responses)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

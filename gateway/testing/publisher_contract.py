@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol, Self
+from typing import Any, NamedTuple, Protocol, Self, cast
 
 import aiohttp
 import msgspec
@@ -55,6 +55,7 @@ from schemas.events import (
     TicketCreatedData,
     TicketView,
 )
+from schemas.message import Priority
 
 __all__ = [
     "BUILTIN_HARNESSES",
@@ -194,7 +195,7 @@ def _body(event_id: str, event_type: str, ticket_no: str, priority: str | None,
                            provider_message_id=f"<{event_id}@mail.example>{pad}")
         return msgspec.json.encode(AckSent(**common, data=data))
     ticket = TicketView(number=ticket_no, kind="fault", area="technical",
-                        priority=priority or "medium", created_at=when,
+                        priority=cast(Priority, priority or "medium"), created_at=when,
                         due_at=when + timedelta(hours=2), channel="email",
                         escalated=escalated)
     contact = ContactView(id="c-1", name="王小明", email="wang@example.cn")

@@ -93,7 +93,7 @@ async def _nats_connect(url: str | None) -> nats.aio.client.Client:
     """One bounded connection attempt (nats-py's default retries a dead server for minutes)."""
     return await asyncio.wait_for(
         nats.connect(url or "", connect_timeout=2, allow_reconnect=False,
-                     max_reconnect_attempts=1, reconnect_time_wait=0.1),  # type: ignore[arg-type]
+                     max_reconnect_attempts=1, reconnect_time_wait=0.1),
         5,
     )
 
@@ -273,8 +273,13 @@ class RedisHarness(_Harness):
         async def snapshot() -> list[Delivered]:
             got = []
             for key, escalation in ((self.stream, False), (self.escalation_stream, True)):
-                for _entry_id, fields in await client.xrange(key):
-                    got.append(Delivered(fields[b"id"].decode(), fields[b"data"], escalation))
+                for _entry_id, fields in await client.xrange(key) or []:
+                    assert fields is not None
+                    data = fields[b"data"]
+                    ident = fields[b"id"]
+                    got.append(Delivered(ident.decode() if isinstance(ident, bytes) else ident,
+                                         data if isinstance(data, bytes) else data.encode(),
+                                         escalation))
             return got
 
         try:

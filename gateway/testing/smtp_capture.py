@@ -67,12 +67,12 @@ class CapturedMail(msgspec.Struct, frozen=True, kw_only=True):
     def text(self) -> str:
         """The text/plain body, decoded."""
         part = self.message.get_body(("plain",))
-        return "" if part is None else str(part.get_content())  # type: ignore[attr-defined]
+        return "" if part is None else str(part.get_content())
 
     def html(self) -> str:
         """The text/html body, decoded."""
         part = self.message.get_body(("html",))
-        return "" if part is None else str(part.get_content())  # type: ignore[attr-defined]
+        return "" if part is None else str(part.get_content())
 
 
 class _Recorder:
@@ -141,7 +141,7 @@ class SmtpCapture:
             # Drop open sessions too: a client waiting for our reply must not hang on a socket
             # nobody reads any more.
             for session in list(self._sessions):
-                if session.transport is not None:
+                if isinstance(session.transport, asyncio.WriteTransport):
                     session.transport.abort()
             loop.run_until_complete(asyncio.sleep(0))
             loop.close()

@@ -244,7 +244,12 @@ class FakeTelegram(FakeServer):
         else:
             form = await request.post()
             for name, value in form.items():
-                params[name] = value if isinstance(value, str) else value.file.read()
+                if isinstance(value, str):
+                    params[name] = value
+                elif isinstance(value, bytes | bytearray):
+                    params[name] = bytes(value)
+                else:
+                    params[name] = value.file.read()
         return params
 
     async def _api(self, request: web.Request) -> web.Response:
