@@ -103,8 +103,7 @@ class AckDispatcher:
                     await self._dispatch(*row)
                 except Exception:  # one bad row must not stop the others
                     log.exception("acknowledgement %s could not be dispatched", row.id)
-                    await self.store.run(lambda tx, r=row: tx.finish_ack(
-                        r.id, "failed", error="internal error"))
+                    await self.store.run(_failed(row.id, "internal error"))
 
     async def _dispatch(self, ack_id: int, ticket_id: int, channel: str, recipient: str,
                         reply_to: str | None, payload: bytes, attempts: int) -> None:
@@ -158,6 +157,11 @@ class AckDispatcher:
         ACKS.labels(channel, status).inc()
         await self.store.run(lambda tx: tx.finish_ack(ack_id, status, error=reason,
                                                       event=_new_event(event)))
+
+
+def _failed(ack_id: int, reason: str) -> Callable[[AckOutboxTx], None]:
+    """Mark ``ack_id`` failed, bound now (a lambda in a loop would see the loop's last row)."""
+    return lambda tx: tx.finish_ack(ack_id, "failed", error=reason)
 
 
 def _new_event(event: AckSent | AckFailed) -> NewEvent:
