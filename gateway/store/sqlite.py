@@ -471,9 +471,14 @@ class SqliteStore:
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        def close_reader() -> None:
+            # Under the reader's lock: closing a connection a worker thread is still reading
+            # with crashes the interpreter (a read racing a shutdown, e.g. /readyz or tail).
+            with self._reader_lock:
+                if self._reader is not None:
+                    self._reader.close()
+                    self._reader = None
+        await asyncio.to_thread(close_reader)
 
     def on_commit(self, listener: Callable[[int], None]) -> None:
         """Call ``listener(last_event_seq)`` on the event loop after commits that added events."""
