@@ -84,7 +84,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: import the check
     sys.path.insert(0, str(ROOT))
 
 from gateway.config import QueueConfig  # noqa: E402
-from gateway.contracts import OutboundEvent, Publisher  # noqa: E402
+from gateway.plugin import OutboundEvent, Publisher  # noqa: E402
 from gateway.queues.nats import NatsConfig, NatsPublisher  # noqa: E402
 from gateway.queues.rabbitmq import RabbitMqConfig, RabbitMqPublisher  # noqa: E402
 from gateway.queues.redis import RedisStreamsConfig, RedisStreamsPublisher  # noqa: E402

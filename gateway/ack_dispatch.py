@@ -18,7 +18,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -30,6 +30,7 @@ from gateway.config import AckPolicy
 from gateway.decision import AckFacts
 from gateway.errors import PermanentError, TransientError
 from gateway.ids import new_id
+from gateway.plugin import AckSender
 from gateway.store.protocols import AckOutbox, AckOutboxTx, DueAck, EventLog, NewEvent
 from schemas import AckFailed, AckFailedData, AckSent, AckSentData
 
@@ -55,7 +56,7 @@ class AckStore(AckOutbox, EventLog, Protocol):
 class AckDispatcher:
     """Drains the ``acks`` outbox; one task per gateway."""
 
-    def __init__(self, store: AckStore, senders: dict[str, Any], *, policy: AckPolicy,
+    def __init__(self, store: AckStore, senders: Mapping[str, AckSender], *, policy: AckPolicy,
                  calendar: Any, default_locale: str, event_source: str) -> None:
         self.store = store
         self.senders = senders
@@ -143,7 +144,7 @@ class AckDispatcher:
                         data=AckSentData(ticket_number=facts.ticket_number, channel=channel,
                                          outcome=facts.outcome, provider_message_id=provider_id))
         ACKS.labels(channel, "sent").inc()
-        unguessable = bool(getattr(sender, "ack_ids_unguessable", False))
+        unguessable = sender.ack_ids_unguessable
         await self.store.run(lambda tx: tx.finish_ack(
             ack_id, "sent", provider_id=provider_id, event=_new_event(event),
             ticket_id=ticket_id, unguessable=unguessable))

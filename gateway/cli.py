@@ -171,8 +171,8 @@ async def _replay(config: Config, args: argparse.Namespace) -> int:
 
 async def _replay_from(store: DeadLetters, config: Config, args: argparse.Namespace) -> int:
     from gateway.config import convert_section
-    from gateway.contracts import PUBLISHER_GROUP
     from gateway.errors import IntakeError
+    from gateway.plugin import PUBLISHER_GROUP
     from gateway.registry import load_plugin
     from gateway.relay import replay_dead_letters
 

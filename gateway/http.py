@@ -18,8 +18,8 @@ from gateway.errors import (
     TransientError,
     Unauthorized,
 )
-from gateway.limits import ConnectionGate
 from gateway.message_fetch import message_routes
+from gateway.plugin.limits import ConnectionGate
 from gateway.queues.embedded import frame_events
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The pipeline every channel shares: validate, plan, commit, answer.
 
-:class:`IntakeService` implements :class:`gateway.contracts.Intake`. It computes everything that
+:class:`IntakeService` implements :class:`gateway.plugin.Intake`. It computes everything that
 needs no database (triage, fingerprint, response target, identities, ticket numbers named) in the
 event loop, then hands one :class:`~gateway.decision.SubmissionPlan` to the store, whose single
 transaction decides the outcome (:mod:`gateway.decision`). ``submit`` returns only after that
@@ -123,7 +123,7 @@ class IntakeService:
                           calendar=self.calendar)
 
     async def first_use(self, scope: str, key: str, *, ttl: float) -> bool:
-        """See :meth:`gateway.contracts.Intake.first_use`."""
+        """See :meth:`gateway.plugin.Intake.first_use`."""
         return await self.store.first_use(scope, key, ttl=ttl)
 
     async def submit(self, message: InboundMessage, *, reply: Reply = INLINE,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.plugin import ADAPTER_GROUP, PUBLISHER_GROUP, check_adapter, check_publisher
 
 
 def load_plugins(group: str) -> dict[str, type[Any]]:
@@ -46,4 +48,14 @@ def _load(ep: EntryPoint) -> type[Any]:
     if getattr(cls, "kind", None) != ep.name:
         raise ConfigError(f"entry point {ep.name!r} loads {ep.value}, whose kind is "
                           f"{getattr(cls, 'kind', None)!r}: they must agree")
+    # What a plug-in declares is checked once, here, so the host can rely on it afterwards.
+    checker = _CHECKS.get(ep.group)
+    if checker is not None:
+        checker(cls)
     return cls
+
+
+_CHECKS: dict[str, Callable[[type[Any]], None]] = {
+    ADAPTER_GROUP: check_adapter,
+    PUBLISHER_GROUP: check_publisher,
+}

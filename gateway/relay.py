@@ -39,8 +39,8 @@ from typing import Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge
 
-from gateway.contracts import OutboundEvent, Publisher
 from gateway.errors import IntakeError, PermanentError, TransientError
+from gateway.plugin import OutboundEvent, Publisher
 from gateway.store.protocols import DeadLetters, EventLog, RelayTx
 
 T = TypeVar("T")

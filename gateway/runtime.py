@@ -21,13 +21,13 @@ from gateway.config import (
     resolve_secret,
     split_listen,
 )
-from gateway.contracts import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterContext
 from gateway.errors import ConfigError, StorageFull, TransientError
 from gateway.files import make_private_dir, make_private_tree, probe_disk
 from gateway.http import GatedSite, create_app
 from gateway.intake import IntakeService
-from gateway.limits import ConnectionGate, raise_open_file_limit
 from gateway.logs import install_log_guards
+from gateway.plugin import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterBase, AdapterContext
+from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
@@ -78,24 +78,23 @@ class Gateway:
             config.queue.settings, publisher_cls.Config, where="queue.settings"))
         # An adapter is an ack sender when it declares the channels it sends on (AckSender).
         senders = [cls for kind, cls in self.adapter_classes.items()
-                   if getattr(self.adapter_configs[kind], "enabled", True)
-                   and getattr(cls, "ack_channels", ())]
+                   if self.adapter_configs[kind].enabled and cls.ack_channels]
         public_url = (config.server.public_url
                       or f"http://{self.host if ':' not in self.host else f'[{self.host}]'}"
                          f":{self.port}").rstrip("/")
         self.intake = IntakeService(
             config, self.store, self.attachments,
-            ack_channels=frozenset(ch for c in senders for ch in getattr(c, "ack_channels", ())),
+            ack_channels=frozenset(ch for c in senders for ch in c.ack_channels),
             public_url=public_url)
         self.public_url = public_url
-        self.adapters: list[Any] = [
+        self.adapters: list[AdapterBase] = [
             cls(self.adapter_configs[kind], self.intake, self.context_for(kind))
             for kind, cls in self.adapter_classes.items()
-            if getattr(self.adapter_configs[kind], "enabled", True)
+            if self.adapter_configs[kind].enabled
         ]
-        self.senders: dict[str, Any] = {}
+        self.senders: dict[str, AdapterBase] = {}
         for adapter in self.adapters:
-            for channel in getattr(adapter, "ack_channels", ()):
+            for channel in adapter.ack_channels:
                 if channel in self.senders:
                     raise ConfigError(f"both {self.senders[channel].kind!r} and {adapter.kind!r} "
                                       f"send acknowledgements on {channel!r}; disable one")
@@ -126,7 +125,7 @@ class Gateway:
         # Off loopback, every door must be locked: an unauthenticated API or event feed would
         # let anyone open tickets or read customer data.
         for adapter in self.adapters:
-            if getattr(adapter, "requires_auth_off_loopback", False) and not adapter.authenticated:
+            if adapter.requires_auth_off_loopback and not adapter.authenticated:
                 raise ConfigError(
                     f"refusing to listen on {self.listen} with the {adapter.kind!r} adapter "
                     f"unauthenticated: set adapters.{adapter.kind}.secret_env (or _file), or "
@@ -143,7 +142,7 @@ class Gateway:
         await self.store.open()
         self.waiters = EventWaiters(self.store.last_seq)
         self.store.on_commit(self.waiters.committed)
-        if getattr(self.publisher, "relay_needed", True):
+        if self.publisher.relay_needed:
             # A misconfigured publisher stops the start (ConfigError propagates); a broker
             # that is merely down must not stop the gateway from accepting messages: the relay
             # then keeps connecting in the background.
@@ -203,8 +202,7 @@ class Gateway:
                 why := self.relay.stuck(after=self.config.queue.stuck_after)):
             problems["relay"] = why
         for adapter in self.adapters:
-            check = getattr(adapter, "not_ready", None)
-            if check is not None and (why := check()):
+            if why := adapter.not_ready():
                 problems[adapter.kind] = why
         return problems
 

@@ -69,7 +69,7 @@ def _keys(struct: type[msgspec.Struct], section: str) -> list[tuple[str, str, bo
 
 def test_example_documents_every_config_key() -> None:
     from gateway.config import Config
-    from gateway.contracts import ADAPTER_GROUP
+    from gateway.plugin import ADAPTER_GROUP
     from gateway.registry import load_plugins
 
     sections = _example_sections()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from gateway.contracts import OutboundEvent, Publisher
+from gateway.plugin import OutboundEvent, Publisher
 from gateway.queues.rabbitmq import RabbitMqConfig, RabbitMqPublisher
 from gateway.queues.webhook import WebhookConfig, WebhookPublisher
 from gateway.testing.publisher_contract import make_events

@@ -9,7 +9,7 @@ from pathlib import Path
 import gateway
 
 ROOT = Path(__file__).resolve().parent.parent
-ALLOWED_TO_ADAPTERS = {"gateway.plugin", "gateway.contracts", "gateway.errors"}
+ALLOWED_TO_ADAPTERS = {"gateway.plugin", "gateway.errors"}
 """What an adapter may import of the core (issue 10: the contract, the errors, the schema)."""
 
 

@@ -27,8 +27,8 @@ import aiohttp
 import pytest
 
 from adapters.mail import SmtpAdapter
-from gateway.limits import peer_key
 from gateway.logs import ResourceErrorThrottle
+from gateway.plugin.limits import peer_key
 from gateway.runtime import Gateway
 from tests.conftest import MakeGateway
 

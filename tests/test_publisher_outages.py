@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from gateway.contracts import OutboundEvent, Publisher
 from gateway.errors import PermanentError, TransientError
+from gateway.plugin import OutboundEvent, Publisher
 from gateway.queues.webhook import WebhookConfig, WebhookPublisher, WebhookUnavailable
 from gateway.testing.publisher_contract import Delivered, PublisherHarness, make_events
 from gateway.testing.publisher_harnesses import (

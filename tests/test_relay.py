@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from gateway.config import parse_config
-from gateway.contracts import OutboundEvent
 from gateway.errors import ConfigError
+from gateway.plugin import OutboundEvent
 from gateway.queues.rabbitmq import LEGACY_ESCALATIONS_BINDING
 from gateway.runtime import Gateway
 from gateway.testing.harness import read_events

@@ -13,14 +13,14 @@ from typing import ClassVar
 
 import msgspec
 
-from gateway.contracts import OutboundEvent
+from gateway.plugin import OutboundEvent, PublisherBase
 
 
 class EmbeddedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The embedded queue has no options; the table exists so unknown keys are refused."""
 
 
-class EmbeddedPublisher:
+class EmbeddedPublisher(PublisherBase):
     """Publisher for ``[queue] backend = "embedded"`` (the default)."""
 
     kind: ClassVar[str] = "embedded"

@@ -3,7 +3,7 @@
 Every event goes to ``<prefix>.events.<type>`` (``intake.events.ticket.created``) with the header
 ``Nats-Msg-Id: <event id>``, so JetStream drops a relay's retry inside the stream's duplicate
 window and says so in the ack (``duplicate: true``), which counts as delivered. Escalated
-events (:attr:`~gateway.contracts.OutboundEvent.escalated`: their ticket's priority is one of
+events (:attr:`~gateway.plugin.OutboundEvent.escalated`: their ticket's priority is one of
 ``[triage] escalate``, ``["high"]`` by default) are published a second time on
 ``<prefix>.escalations.<type>`` with the msg id ``<event id>:escalation``; the one stream
 captures both subject trees, and an on-call consumer filters on ``<prefix>.escalations.>`` to
@@ -24,9 +24,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StorageType, StreamConfig
 
-from gateway.config import resolve_secret
-from gateway.contracts import OutboundEvent
 from gateway.errors import ConfigError, PermanentError, TransientError
+from gateway.plugin import OutboundEvent, PublisherBase, resolve_secret
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     longer in total, as long as acks keep coming)."""
 
 
-class NatsPublisher:
+class NatsPublisher(PublisherBase):
     """Publisher for ``[queue] backend = "nats"``."""
 
     kind: ClassVar[str] = "nats"

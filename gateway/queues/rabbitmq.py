@@ -2,7 +2,7 @@
 
 Routing key: ``<type>.<priority>``, the priority being ``high``, ``medium``, ``low`` or ``none``,
 e.g. ``ticket.created.high`` or ``ack.sent.none``. An escalated event
-(:attr:`~gateway.contracts.OutboundEvent.escalated`: its ticket's priority is one of
+(:attr:`~gateway.plugin.OutboundEvent.escalated`: its ticket's priority is one of
 ``[triage] escalate``, ``["high"]`` by default) carries a second routing key,
 ``escalation.<type>.<priority>``, in the ``BCC`` header (RabbitMQ's sender-selected
 distribution): the broker routes the one message by both keys, puts at most one copy into each
@@ -35,9 +35,8 @@ import aiormq.exceptions
 import msgspec
 from yarl import URL
 
-from gateway.config import resolve_secret
-from gateway.contracts import OutboundEvent
 from gateway.errors import ConfigError, TransientError
+from gateway.plugin import OutboundEvent, PublisherBase, resolve_secret
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class RabbitMqConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     longer in total, as long as confirms keep coming)."""
 
 
-class RabbitMqPublisher:
+class RabbitMqPublisher(PublisherBase):
     """Publisher for ``[queue] backend = "rabbitmq"``."""
 
     kind: ClassVar[str] = "rabbitmq"

@@ -2,7 +2,7 @@
 
 Each entry has the fields ``id`` (CloudEvents id), ``type``, ``subject`` (ticket number),
 ``priority`` (``high``/``medium``/``low``, empty when none) and ``data`` (the CloudEvent JSON).
-Escalated events (:attr:`~gateway.contracts.OutboundEvent.escalated`: their ticket's priority is
+Escalated events (:attr:`~gateway.plugin.OutboundEvent.escalated`: their ticket's priority is
 one of ``[triage] escalate``, ``["high"]`` by default) are added to a second stream
 (``intake:escalations``) as well; the priority itself never decides that.
 
@@ -29,9 +29,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.typing import EncodableT, FieldT
 
-from gateway.config import resolve_secret
-from gateway.contracts import OutboundEvent
 from gateway.errors import ConfigError, TransientError
+from gateway.plugin import OutboundEvent, PublisherBase, resolve_secret
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class RedisStreamsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     """Seconds for one pipelined batch to be answered."""
 
 
-class RedisStreamsPublisher:
+class RedisStreamsPublisher(PublisherBase):
     """Publisher for ``[queue] backend = "redis"``."""
 
     kind: ClassVar[str] = "redis"

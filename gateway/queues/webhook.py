@@ -5,7 +5,7 @@ delivery id, identical on every retry), ``Webhook-Timestamp`` (unix seconds) and
 ``Webhook-Signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``. A secret written
 ``whsec_<base64>`` is used as the Standard Webhooks libraries use it (the decoded bytes); any
 other secret is used as its UTF-8 bytes. Escalated events
-(:attr:`~gateway.contracts.OutboundEvent.escalated`: their ticket's priority is one of
+(:attr:`~gateway.plugin.OutboundEvent.escalated`: their ticket's priority is one of
 ``[triage] escalate``, ``["high"]`` by default) are also POSTed to ``escalation_url`` when one is
 set, with ``Webhook-Id: <event id>:escalation``; the priority itself never decides that.
 
@@ -37,9 +37,8 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from gateway.config import resolve_secret
-from gateway.contracts import OutboundEvent
 from gateway.errors import ConfigError, PermanentError, TransientError
+from gateway.plugin import OutboundEvent, PublisherBase, resolve_secret
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class WebhookUnavailable(TransientError):
         self.retry_after = retry_after
 
 
-class WebhookPublisher:
+class WebhookPublisher(PublisherBase):
     """Publisher for ``[queue] backend = "webhook"``."""
 
     kind: ClassVar[str] = "webhook"

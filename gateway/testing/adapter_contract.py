@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.contracts import ADAPTER_GROUP, DRIVER_GROUP
+from gateway.plugin import ADAPTER_GROUP, DRIVER_GROUP
 from gateway.runtime import Gateway
 from gateway.testing.drivers import ChannelDriver, Customer
 from gateway.testing.harness import read_events, running_gateway
@@ -48,7 +48,7 @@ __all__ = [
 def _adapter_kinds() -> list[str]:
     # Adapters that only send (``receives = False``, e.g. an outgoing mail relay) take no input.
     return sorted({ep.name for ep in entry_points(group=ADAPTER_GROUP)
-                   if getattr(ep.load(), "receives", True)})
+                   if ep.load().receives})
 
 
 def _drivers() -> dict[str, type[ChannelDriver]]:

@@ -13,7 +13,7 @@ under ``intake_gateway.publisher_harnesses`` (same name as the publisher) and ru
 What it checks: a batch arrives once, in order per ticket, bodies byte-identical; a batch
 published again (a relay retry) deduplicates by event id on the consumer side, and on brokers that
 deduplicate themselves nothing arrives twice while publish still succeeds; escalated events
-(:attr:`~gateway.contracts.OutboundEvent.escalated`), and only those, also arrive on the
+(:attr:`~gateway.plugin.OutboundEvent.escalated`), and only those, also arrive on the
 escalation route, whatever their priority, and a real gateway configured with
 ``[triage] escalate = ["medium", "high"]`` escalates its medium tickets there (a low one never);
 a publisher closed and started again (or a new one) publishes; 1,000 events of 1 KB arrive
@@ -41,8 +41,8 @@ import pytest
 import pytest_asyncio
 
 from gateway.config import QueueConfig
-from gateway.contracts import PUBLISHER_GROUP, OutboundEvent, Publisher
 from gateway.errors import TransientError
+from gateway.plugin import PUBLISHER_GROUP, OutboundEvent, Publisher
 from gateway.testing.harness import running_gateway
 from schemas.events import (
     AckSent,
@@ -239,7 +239,7 @@ def _publisher_kinds() -> list[str]:
     kinds = set(BUILTIN_HARNESSES)
     for ep in entry_points(group=PUBLISHER_GROUP):
         # A relay-less publisher (embedded) has nothing downstream for a harness to read.
-        if getattr(ep.load(), "relay_needed", True):
+        if ep.load().relay_needed:
             kinds.add(ep.name)
     return sorted(kinds)
 
