@@ -350,11 +350,14 @@ class Triager:
         self._escalate = frozenset(config.escalate)
         self._keyword_rules = [bool(rule.keywords) for rule in config.rules]
         # Each keyword maps to a bit mask of the rules that list it, in one of three tables,
-        # chosen so that a message costs a few C-level operations rather than one regex
-        # alternation of every keyword (which `re` tries keyword by keyword at every position):
+        # chosen so that a message costs a few C-level operations per keyword it may hold, not
+        # per keyword of the config (and not one regex alternation of every keyword, which `re`
+        # tries keyword by keyword at every position):
         # - single Latin-script words: looked up in the set of the message's words;
-        # - Latin-script phrases ("not working", "doesn't"): substring test, then word edges;
-        # - keywords with CJK characters: substring test only.
+        # - Latin-script phrases ("not working", "doesn't"), indexed by their first word:
+        #   substring test, then word edges, for those whose first word the message has;
+        # - keywords with CJK characters, indexed by their first character: substring test,
+        #   for those whose first character the message has.
         self._words: dict[str, int] = {}
         phrases: dict[str, int] = {}
         substrings: dict[str, int] = {}
@@ -368,27 +371,23 @@ class Triager:
                 else:
                     table = phrases
                 table[folded] = table.get(folded, 0) | (1 << index)
-        self._phrases = [
-            (phrase, re.compile(f"(?<!{_WORD_CHAR}){re.escape(phrase)}(?!{_WORD_CHAR})"), mask)
-            for phrase, mask in phrases.items()
-        ]
-        # One alternation over the CJK keywords, longest first, so a match at a position is the
-        # longest keyword there; the shorter ones that also match there are its prefixes, whose
-        # rules are folded into its mask. Searching again from one past each match start visits
-        # every position where some keyword begins, so overlapping keywords are all found.
-        self._substrings: re.Pattern[str] | None = None
-        self._substring_masks: dict[str, int] = {}
-        if substrings:
-            ordered = sorted(substrings, key=len, reverse=True)
-            self._substrings = re.compile("|".join(map(re.escape, ordered)))
-            for keyword in ordered:
-                self._substring_masks[keyword] = 0
-                for other, mask in substrings.items():
-                    if keyword.startswith(other):
-                        self._substring_masks[keyword] |= mask
-        self._substring_rules = 0
-        for mask in substrings.values():
-            self._substring_rules |= mask
+        # Phrases by their first word: a phrase can only occur where a word of the message
+        # begins (its edges say so), so only those whose first word the message has are tested.
+        # A phrase that starts with a non-word character ("-abc") is tested always.
+        self._phrases: dict[str, list[tuple[str, re.Pattern[str], int]]] = {}
+        self._phrases_anywhere: list[tuple[str, re.Pattern[str], int]] = []
+        for phrase, mask in phrases.items():
+            edges = re.compile(f"(?<!{_WORD_CHAR}){re.escape(phrase)}(?!{_WORD_CHAR})")
+            first = _WORD.match(phrase)
+            if first is None:
+                self._phrases_anywhere.append((phrase, edges, mask))
+            else:
+                self._phrases.setdefault(first.group(), []).append((phrase, edges, mask))
+        # CJK keywords by their first character: only those whose first character occurs in the
+        # message are tested, each with one substring test.
+        self._substrings: dict[str, list[tuple[str, int]]] = {}
+        for keyword, mask in substrings.items():
+            self._substrings.setdefault(keyword[0], []).append((keyword, mask))
 
     def classify(self, message: InboundMessage) -> TriageResult:
         """Triage one message; see the module docstring for the rules."""
@@ -427,18 +426,24 @@ class Triager:
     def _keyword_hits(self, text: str) -> int:
         """Bit mask of the rules with at least one keyword in ``text`` (already folded)."""
         hits = 0
-        for word in self._words.keys() & set(_WORD.findall(text)):
-            hits |= self._words[word]
-        # Keywords hold single spaces; this lets "not working" match across a line break.
+        # Keywords hold single spaces; this lets "not working" match across a line break. It
+        # changes no word: whitespace is never a word character.
         text = " ".join(text.split())
-        for phrase, edges, mask in self._phrases:
+        words = set(_WORD.findall(text))
+        for word in self._words.keys() & words:
+            hits |= self._words[word]
+        for first in self._phrases.keys() & words:
+            for phrase, edges, mask in self._phrases[first]:
+                if mask & ~hits and phrase in text and edges.search(text):
+                    hits |= mask
+        for phrase, edges, mask in self._phrases_anywhere:
             if mask & ~hits and phrase in text and edges.search(text):
                 hits |= mask
-        if self._substrings is not None and not text.isascii():
-            pos = 0
-            while self._substring_rules & ~hits and (match := self._substrings.search(text, pos)):
-                hits |= self._substring_masks[match.group()]
-                pos = match.start() + 1
+        if self._substrings and not text.isascii():
+            for first in self._substrings.keys() & set(text):
+                for keyword, mask in self._substrings[first]:
+                    if mask & ~hits and keyword in text:
+                        hits |= mask
         return hits
 
 

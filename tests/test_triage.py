@@ -192,6 +192,24 @@ def test_overlapping_chinese_keywords_are_all_found() -> None:
     assert (result.kind, result.area, result.priority) == ("fault", "technical", "high")
 
 
+def test_phrases_and_mixed_keywords_match_wherever_they_begin() -> None:
+    # Phrases are looked up by their first word, CJK keywords by their first character: one
+    # that starts with a non-word character, or with a Latin letter, must still be found.
+    rules = [
+        TriageRule(name="dash", keywords=["-x mode"], set_kind="fault"),
+        TriageRule(name="mixed", keywords=["app登录"], set_area="technical"),
+        TriageRule(name="phrase", keywords=["log  in"], min_priority="high"),
+        TriageRule(name="shared", keywords=["log out", "log in"], set_area="billing"),
+    ]
+    triager = Triager(TriageConfig(rules=rules))
+    assert triager.classify(message("try the -x mode")).matched == ("dash",)
+    assert triager.classify(message("try the a-x mode")).matched == ()
+    assert triager.classify(message("用APP登录不了")).matched == ("mixed",)
+    assert triager.classify(message("cannot log\nin")).matched == ("phrase", "shared")
+    assert triager.classify(message("the login page")).matched == ()
+    assert triager.classify(message("blog in")).matched == ()
+
+
 # --- rule conditions -------------------------------------------------------------------------
 
 
