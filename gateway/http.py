@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
 
+from gateway.attachments import AttachmentStore
 from gateway.errors import (
     RateLimited,
     RejectedInput,
@@ -20,14 +22,9 @@ from gateway.errors import (
 )
 from gateway.message_fetch import message_routes
 from gateway.plugin.limits import ConnectionGate
-from gateway.queues.embedded import frame_events
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+from gateway.queues.embedded import EventWaiters, frame_events
 
 log = logging.getLogger("intake.http")
-
-RUNTIME = web.AppKey("runtime", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,20 +81,52 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.json_response({"error": "internal error"}, status=500)
 
 
-def create_app(gw: Gateway) -> web.Application:
-    """Build the application with the core routes and every enabled adapter's routes."""
-    app = web.Application(middlewares=[body_deadline(gw.config.server.body_timeout),
-                                       errors_middleware],
-                          client_max_size=gw.config.server.max_body_bytes)
-    app[RUNTIME] = gw
+class CoreRoutes(msgspec.Struct, frozen=True, kw_only=True):
+    """What the core's own routes need, handed over explicitly (not the whole Gateway)."""
+
+    events: EventFeed
+    """Where ``/v1/events`` and ``/metrics`` read the event log."""
+    waiters: EventWaiters
+    attachments: AttachmentStore
+    events_token: str | None
+    """The bearer token ``/v1/events`` and the by-reference routes take; None on loopback."""
+    readiness: Callable[[], Awaitable[dict[str, str]]]
+    """The replica's readiness checks, by name (``/readyz``)."""
+    body_timeout: float
+    max_body_bytes: int
+
+
+class EventFeed(Protocol):
+    """The part of the store the HTTP routes read."""
+
+    last_seq: int
+
+    async def events_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Committed events after ``after``, oldest first."""
+        ...
+
+    async def message_body(self, uid: str) -> bytes | None:
+        """The stored message (msgpack ``InboundMessage``) of ``uid``, or None."""
+        ...
+
+
+CORE = web.AppKey("core", CoreRoutes)
+
+
+def create_app(core: CoreRoutes,
+               adapter_routes: Iterable[web.AbstractRouteDef]) -> web.Application:
+    """The one application: health, readiness, metrics, the event feed, the by-reference
+    message routes, and the routes of every enabled adapter."""
+    app = web.Application(middlewares=[body_deadline(core.body_timeout), errors_middleware],
+                          client_max_size=core.max_body_bytes)
+    app[CORE] = core
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/events", events)
-    app.router.add_routes(message_routes(gw.store, gw.attachments,
-                                         lambda r: check_events_token(r, gw.events_token)))
-    for adapter in gw.adapters:
-        app.router.add_routes(list(adapter.routes()))
+    app.router.add_routes(message_routes(core.events, core.attachments,
+                                         lambda r: check_events_token(r, core.events_token)))
+    app.router.add_routes(list(adapter_routes))
     return app
 
 
@@ -229,8 +258,7 @@ async def readyz(request: web.Request) -> web.Response:
     Answers ``{"status": "ready"}`` or 503 with ``{"status": "not ready", "problems": {...}}``
     naming each failed check (``store``, ``disk``, ``relay``, an adapter's kind).
     """
-    gw: Gateway = request.app[RUNTIME]  # type: ignore[assignment]
-    problems = await gw.readiness()
+    problems = await request.app[CORE].readiness()
     if problems:
         return web.json_response({"status": "not ready", "problems": problems}, status=503)
     return web.json_response({"status": "ready"})
@@ -238,8 +266,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    gw: Gateway = request.app[RUNTIME]  # type: ignore[assignment]
-    LAST_EVENT_SEQ.set(gw.store.last_seq)
+    LAST_EVENT_SEQ.set(request.app[CORE].events.last_seq)
     resp = web.Response(body=generate_latest(REGISTRY))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return resp
@@ -262,8 +289,8 @@ async def events(request: web.Request) -> web.Response:
     ``after`` to continue. With ``wait`` (seconds, ≤ 60) it holds the request until an event
     arrives. Requires ``Authorization: Bearer <token>`` when an events token is configured.
     """
-    gw: Gateway = request.app[RUNTIME]  # type: ignore[assignment]
-    check_events_token(request, gw.events_token)
+    core = request.app[CORE]
+    check_events_token(request, core.events_token)
     try:
         after = int(request.query.get("after", "0"))
         limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
@@ -273,6 +300,6 @@ async def events(request: web.Request) -> web.Response:
     if after < 0:
         raise RejectedInput("after must be 0 or a sequence number from an earlier answer")
     if wait:
-        await gw.waiters.wait_beyond(after, wait)
-    rows = await gw.store.events_after(after, limit)
+        await core.waiters.wait_beyond(after, wait)
+    rows = await core.events.events_after(after, limit)
     return web.Response(body=frame_events(rows, after), content_type="application/json")

@@ -23,7 +23,7 @@ from gateway.config import (
 )
 from gateway.errors import ConfigError, StorageFull, TransientError
 from gateway.files import make_private_dir, make_private_tree, probe_disk
-from gateway.http import GatedSite, create_app
+from gateway.http import CoreRoutes, GatedSite, create_app
 from gateway.intake import IntakeService
 from gateway.logs import install_log_guards
 from gateway.plugin import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterBase, AdapterContext
@@ -168,7 +168,12 @@ class Gateway:
         make_private_tree(self.data_dir, skip=(self.attachments.root,))
         if self.senders:
             await self.dispatcher.start()
-        app = create_app(self)
+        app = create_app(
+            CoreRoutes(events=self.store, waiters=self.waiters, attachments=self.attachments,
+                       events_token=self.events_token, readiness=self.readiness,
+                       body_timeout=self.config.server.body_timeout,
+                       max_body_bytes=self.config.server.max_body_bytes),
+            [route for adapter in self.adapters for route in adapter.routes()])
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=self.config.server.idle_timeout)
         await self._runner.setup()
