@@ -5,17 +5,19 @@ the SMTP adapter (to a capture relay) and the JSON API, with the default zh-CN."
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import aiohttp
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.mail import SmtpAdapter
 from adapters.twilio import one_segment, sms_ack_text
+from gateway import language
 from gateway.acks import SUPPORTED_LOCALES, ack_locale, pick_locale, render_ack
 from gateway.language import detect_language, message_language
 from gateway.runtime import Gateway
@@ -155,6 +157,39 @@ def test_pick_locale(language: str | None, default: str, locale: str) -> None:
        default=st.sampled_from([*SUPPORTED_LOCALES, "fr", ""]))
 def test_always_a_supported_locale(declared: str | None, text: str, default: str) -> None:
     assert ack_locale(declared, text, default) in SUPPORTED_LOCALES
+
+
+# --- the fast paths compute what the plain definitions do -------------------------------------
+
+# The noise as one alternation, as it was first written (slow: every part at every position).
+PLAIN_NOISE = re.compile(
+    r"(?aim)^>.*$|^-- ?$[\s\S]*|(?:https?://|www\.)[^\s<>\"]+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
+    r"|[\w-]*\d[\w-]*"
+)
+NOISY = st.lists(st.sampled_from([*"aZ9_.+-@ \n>:/wWhH\"<é中", "http://", "https://", "www.",
+                                  "WWW.", "-- ", "--\n", "a@b.co", "\n> "]),
+                 max_size=20).map("".join)
+
+
+@settings(max_examples=500)
+@given(text=NOISY)
+def test_noise_is_stripped_as_the_plain_pattern_does(text: str) -> None:
+    assert language._strip_noise(text) == PLAIN_NOISE.sub(" ", text)
+
+
+@pytest.mark.parametrize("text", ["see SO-1001.a@b.co", "a@b.c+d@e.fg", "ab1.x@y.zz", "x -12",
+                                  "to .x@y.zz", "(+a@b.cd)", "AX3000 www.Example.com/9",
+                                  "> q\n-- \nsig 9", "a-b-c9 d", "-x9"])
+def test_noise_edge_cases(text: str) -> None:
+    assert language._strip_noise(text) == PLAIN_NOISE.sub(" ", text)
+
+
+def test_han_variant_classes_agree_with_the_codecs_for_every_han_character() -> None:
+    simplified, traditional = language._han_variants()
+    han = "".join("".join(map(chr, range(a, b + 1))) for a, b in language._HAN_RANGES)
+    assert len(language._HAN.findall(han)) == len(han)
+    got = [1 if simplified.match(ch) else -1 if traditional.match(ch) else 0 for ch in han]
+    assert got == [language._han_variant(ch) for ch in han]
 
 
 # --- end to end ------------------------------------------------------------------------------
