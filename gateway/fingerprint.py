@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from functools import lru_cache
 
 __all__ = ["content_fingerprint", "normalize_for_dedup"]
 
@@ -44,7 +45,9 @@ _MOBILE_SIGNATURE = re.compile(
     r"|发自我的.+|從我的.+傳送|从我的.+发送|来自我的.+|發自我的.+)"
 )
 # Invisible characters that survive NFKC and make equal texts differ.
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+_INVISIBLE_CHARS = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+_INVISIBLE = dict.fromkeys(map(ord, _INVISIBLE_CHARS))
+_ANY_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
 _REPLY_PREFIX = re.compile(
     r"^(?:\s*(?:re|fwd?|fw|aw|wg|tr|sv|回复|回覆|答复|转发|轉寄|轉發)\s*(?:\[\d+\]|\(\d+\))?\s*:)+"
 )
@@ -52,8 +55,11 @@ _REPLY_PREFIX = re.compile(
 
 def _fold(text: str) -> str:
     """NFKC and casefold, NFKC again since casefolding can produce unnormalized text."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return unicodedata.normalize("NFKC", folded).translate(_INVISIBLE)
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    # str.translate looks every character up in the table; most texts have nothing to remove.
+    if folded.isascii() or _ANY_INVISIBLE.search(folded) is None:
+        return folded
+    return folded.translate(_INVISIBLE)
 
 
 def _is_header_block(lines: list[str], i: int) -> bool:
@@ -105,6 +111,12 @@ def _own_lines(text: str) -> list[str]:
     return kept
 
 
+# A new message's text is normalized twice in a row: for its language (gateway.language), then
+# for its fingerprint (gateway.intake). The last few results are kept, for texts up to this
+# many characters (longer ones are rare and the language looks at the first 2400 only).
+_CACHED_CHARS = 4096
+
+
 def normalize_for_dedup(text: str) -> str:
     """Reduce a message body to the words its sender wrote, for comparing with other messages.
 
@@ -115,7 +127,16 @@ def normalize_for_dedup(text: str) -> str:
     "Sent from my iPhone" / "发自我的iPhone" lines; then collapses all whitespace, full-width
     spaces included, to single spaces and strips the ends.
     """
+    if len(text) > _CACHED_CHARS:
+        return _normalize(text)
+    return _normalize_recent(text)
+
+
+def _normalize(text: str) -> str:
     return " ".join(" ".join(_own_lines(_fold(text))).split())
+
+
+_normalize_recent = lru_cache(maxsize=64)(_normalize)
 
 
 def content_fingerprint(subject: str, text: str) -> str:

@@ -62,6 +62,16 @@ def test_whitespace_case_and_width() -> None:
     assert normalize_for_dedup("zero\u200bwidth") == "zerowidth"
 
 
+
+def test_long_texts_and_repeated_texts_normalize_alike() -> None:
+    # Short texts' results are kept for a while (language detection, then the fingerprint, ask
+    # for the same text); a long one is normalized afresh, the same way.
+    words = "订单\u200b没有到 Order\u00ad late " * 400
+    for text in (words[:100], words):
+        first, again = normalize_for_dedup(text), normalize_for_dedup(text)
+        assert first == again == " ".join(text.replace("\u200b", "").replace("\u00ad", "")
+                                          .casefold().split())
+
 @pytest.mark.parametrize("tail", QUOTED_TAILS + SIGNATURES)
 def test_history_and_signatures_are_removed(tail: str) -> None:
     assert normalize_for_dedup("My order 42 has not arrived." + tail) == (
