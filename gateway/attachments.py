@@ -5,29 +5,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
-import re
-import unicodedata
 from pathlib import Path
 
 from gateway.errors import StorageFull, TooLarge
 from gateway.files import write_durably
+from gateway.plugin.files import safe_filename
 from schemas import Attachment
-
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
-
-
-def safe_filename(name: str, *, fallback: str = "attachment") -> str:
-    """A file name with no path, no control or reserved characters, no leading dots, ≤ 120 chars."""
-    name = unicodedata.normalize("NFC", name)
-    # Keep only the last path component of whatever separators the sender's OS used.
-    name = re.split(r"[/\\]", name)[-1]
-    name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
-    if not name:
-        return fallback
-    if len(name) > 120:
-        stem, dot, ext = name.rpartition(".")
-        name = (stem[: 110] + dot + ext[:9]) if dot and len(ext) < 10 else name[:120]
-    return name
 
 
 class AttachmentStore:

@@ -9,8 +9,6 @@ import math
 import re
 import secrets
 import time
-import unicodedata
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, cast, get_args
@@ -30,6 +28,8 @@ from gateway.plugin import (
     normalize_phone,
     parse_duration,
 )
+from gateway.plugin.files import safe_filename
+from gateway.plugin.limits import TokenBuckets
 from gateway.plugin.locales import pick_locale
 from schemas import Contact, CustomerType, InboundMessage, Kind, Receipt, ThreadHints
 
@@ -79,46 +79,12 @@ _CHUNK = 65_536
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
-class ClientRateLimiter:
-    """A token bucket per client: ``rate`` submissions, refilled evenly over ``window`` seconds.
-
-    Memory is bounded: a client idle for a whole window has a full bucket again and is forgotten,
-    and beyond ``max_clients`` the least recently seen are forgotten first.
-    """
+class ClientRateLimiter(TokenBuckets):
+    """Submissions per client address: the kit's token buckets, keyed by :func:`client_key`."""
 
     def __init__(self, rate: int, window: float, *, max_clients: int = 50_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.window = window
-        self.refill = rate / window
-        self.max_clients = max_clients
-        self.clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def take(self, key: str) -> float:
-        """Spend one submission: 0.0 when allowed, else the seconds until the next one is."""
-        now = self.clock()
-        self._evict(now)
-        tokens, stamp = self._buckets.pop(key, (float(self.rate), now))
-        tokens = min(float(self.rate), tokens + (now - stamp) * self.refill)
-        wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
-        else:
-            wait = (1.0 - tokens) / self.refill
-        self._buckets[key] = (tokens, now)
-        return wait
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def _evict(self, now: float) -> None:
-        # The dict is ordered by last use, so the idle ones are at the front.
-        while self._buckets:
-            _, stamp = next(iter(self._buckets.values()))
-            if now - stamp < self.window and len(self._buckets) < self.max_clients:
-                break
-            self._buckets.popitem(last=False)
+        super().__init__(rate, window, max_keys=max_clients, clock=clock)
 
 
 def client_key(request: web.Request, *, trust_forwarded_for: bool) -> str:
@@ -634,7 +600,7 @@ class WebformAdapter(AdapterBase):
         )
 
     def _too_large(self, filename: str) -> Problem:
-        return Problem("err_file_too_large", {"name": _safe_name(filename),
+        return Problem("err_file_too_large", {"name": safe_filename(filename),
                                               "size": _human_size(self.max_file_bytes)})
 
     @staticmethod
@@ -651,21 +617,3 @@ class WebformAdapter(AdapterBase):
         content["attachments"] = ",".join(a.sha256 for a in attachments)
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         return f"{token}.{digest[:32]}"
-
-
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
-
-
-def _safe_name(name: str, *, fallback: str = "attachment") -> str:
-    """A file name fit to show back on the page: no path, no control or reserved characters,
-    at most 120 characters. The same rule as the name ``store_attachment`` keeps, so a file
-    refused here is named as a stored one would be."""
-    name = unicodedata.normalize("NFC", name)
-    name = re.split(r"[/\\]", name)[-1]
-    name = _UNSAFE_NAME.sub("_", name).strip().lstrip(".").strip()
-    if not name:
-        return fallback
-    if len(name) > 120:
-        stem, dot, ext = name.rpartition(".")
-        name = (stem[: 110] + dot + ext[:9]) if dot and len(ext) < 10 else name[:120]
-    return name

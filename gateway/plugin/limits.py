@@ -102,7 +102,7 @@ class TokenBuckets:
     """A token bucket per key: ``rate`` events, refilled evenly over ``window`` seconds.
 
     Memory is bounded: a key idle for a whole window has a full bucket again and is forgotten,
-    and beyond ``max_keys`` the least recently seen are forgotten first. (The web form's
+XX
     ``ClientRateLimiter`` is the same algorithm and could use this one.)
     """
 
