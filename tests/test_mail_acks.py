@@ -272,7 +272,7 @@ async def test_a_burst_acks_everyone_once_and_each_recipient_in_order_up_to_the_
             f"{len(failed)} suppressed, {len(capture.to(busy))} to the busy customer, "
             f"{sum(len(capture.to(a)) for a in others)} to the others")
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)  # nothing more may follow
+    await outbox_settled(gw)  # nothing is pending, so nothing more can follow
     assert [m.in_reply_to for m in capture.to(busy)] == busy_ids[:3]
     assert all("per-recipient limit" in e["data"]["reason"] for e in failed)
     assert len([e for e in await events(gw) if e["type"] == "ack.failed"]) == 5
