@@ -180,13 +180,22 @@ def request_bytes(gw: Gateway, method: str, target: str, headers: list[Header] =
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+REFUSED_MID_BODY = 0
+"""The server answered (a 4xx) and closed while the body was still coming, and the reset that
+closing causes took the answer with it: a refusal, as HTTP allows, never a 5xx."""
+
+
 async def http_status(gw: Gateway, raw: bytes) -> int | None:
-    """Send ``raw`` and read the status line; None when the server closed without one."""
+    """Send ``raw`` and read the status line; None when the server closed without one, and
+    ``REFUSED_MID_BODY`` when it cut the connection while the request was still being sent."""
     reader, writer = await asyncio.open_connection(gw.host, gw.port)
+    cut_while_sending = False
     try:
         writer.write(raw)
-        with contextlib.suppress(ConnectionError):
+        try:
             await writer.drain()  # the server may answer (and close) before taking it all
+        except ConnectionError:
+            cut_while_sending = True
         line = await asyncio.wait_for(reader.readline(), 30)
         while line.startswith(b"HTTP/1.1 100"):
             await reader.readuntil(b"\r\n\r\n")
@@ -196,14 +205,17 @@ async def http_status(gw: Gateway, raw: bytes) -> int | None:
     finally:
         writer.close()
     match = re.match(rb"HTTP/1\.[01] (\d{3}) ", line)
-    return int(match.group(1)) if match else None
+    if match:
+        return int(match.group(1))
+    return REFUSED_MID_BODY if cut_while_sending or (not line and len(raw) > 1_000_000) else None
 
 
 def check_http(target: str, raw: bytes, status: int | None, *, must_refuse: bool = False
                ) -> None:
     """The rule for every HTTP input: an answer below 500; a 4xx when ``must_refuse``."""
     TRIED[target] += 1
-    ok = status is not None and status < 500 and (not must_refuse or status >= 400)
+    ok = status is not None and (status == REFUSED_MID_BODY
+                                 or (status < 500 and (not must_refuse or status >= 400)))
     if not ok:
         FAILURES.append(f"{target}: {status} for {raw[:600]!r}")
     assert ok, f"{target}: status {status} for {raw[:2000]!r}; logged: {last_traceback()}"
