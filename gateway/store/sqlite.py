@@ -439,6 +439,7 @@ class SqliteStore:
         self.group_commit_max = group_commit_max
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._closing = False
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._commit_listeners: list[Callable[[int], None]] = []
@@ -468,9 +469,11 @@ class SqliteStore:
     async def close(self) -> None:
         """Finish queued work and stop the writer."""
         if self._thread is not None:
+            self._closing = True
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+            self._closing = False
         def close_reader() -> None:
             # Under the reader's lock: closing a connection a worker thread is still reading
             # with crashes the interpreter (a read racing a shutdown, e.g. /readyz or tail).
@@ -486,7 +489,7 @@ class SqliteStore:
 
     async def run(self, fn: Callable[[SqliteTx], T]) -> T:
         """Run ``fn`` in the writer's transaction; return its result once it is durable."""
-        if self._thread is None:
+        if self._thread is None or self._closing:
             raise TransientError("the store is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -529,6 +532,17 @@ class SqliteStore:
             for loop, items in settled.items():
                 loop.call_soon_threadsafe(_settle_all, items)
         conn.close()
+        # An operation queued behind the stop (a task still running while the store closes)
+        # would otherwise wait for ever: it fails as a transient error, which callers expect.
+        while True:
+            try:
+                late = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if late is not None:
+                with contextlib.suppress(RuntimeError):  # its loop may be closed already
+                    late.loop.call_soon_threadsafe(_settle_all, [(
+                        late.future, False, TransientError("the store is closed"))])
 
     def _commit_batch(self, conn: sqlite3.Connection, tx: SqliteTx,
                       batch: list[_Op]) -> list[tuple[bool, Any]]:

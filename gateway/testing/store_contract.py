@@ -32,6 +32,7 @@ __all__ = [
     "store_factory",
     "test_a_failed_transaction_settles_no_ack_and_appends_no_event",
     "test_a_probe_write_commits",
+    "test_a_write_while_the_store_closes_fails_and_never_hangs",
     "test_ack_outbox_due_retry_and_finish",
     "test_adapter_state_is_durable_and_scoped_per_adapter",
     "test_adapter_state_lists_by_prefix",
@@ -360,3 +361,15 @@ async def test_dead_letters_hold_their_ticket_until_removed(store_factory: Store
     assert await store.dead_letters("webhook") == []
     assert await store.run(lambda tx: tx.held_tickets("webhook")) == {}
     assert len(await store.dead_letters("nats")) == 1, "publishers are separate"
+
+
+async def test_a_write_while_the_store_closes_fails_and_never_hangs(
+        store_factory: StoreFactory) -> None:
+    from gateway.errors import TransientError
+
+    store = await store_factory()
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)  # close has begun: the writer is being stopped
+    with pytest.raises(TransientError):
+        await asyncio.wait_for(store.probe_write(), 5)
+    await asyncio.wait_for(closing, 10)
