@@ -22,7 +22,7 @@ from gateway.plugin import OutboundEvent
 from gateway.queues.rabbitmq import LEGACY_ESCALATIONS_BINDING
 from gateway.runtime import Gateway
 from gateway.testing.harness import read_events
-from gateway.testing.publisher_contract import Delivered
+from gateway.testing.publisher_contract import TRIAGE_RULES, Delivered
 from gateway.testing.publisher_harnesses import (
     NatsHarness,
     RabbitMqHarness,
@@ -392,18 +392,6 @@ async def test_webhook_outage_delivery_resumes_within_seconds(
 
 # --- escalation follows [triage] escalate, through the relay (issue 10) ------------------------
 
-TRIAGE_RULES = """
-[[triage.rules]]
-name = "outage"
-keywords = ["outage"]
-set_kind = "complaint"
-[[triage.rules]]
-name = "idea"
-keywords = ["idea"]
-set_kind = "suggestion"
-"""
-"""Complaints (``outage``) are high, consultations (the default kind) medium, suggestions
-(``idea``) low."""
 
 
 async def post_by_priority(gw: Gateway) -> dict[str, str]:

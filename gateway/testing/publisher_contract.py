@@ -357,7 +357,7 @@ async def test_escalation_route_carries_escalated_events_only(
     _assert_route(_route(got, escalation=False), events)
 
 
-_TRIAGE_RULES = """
+TRIAGE_RULES = """
 [[triage.rules]]
 name = "outage"
 keywords = ["outage"]
@@ -385,7 +385,7 @@ async def test_escalation_follows_the_triage_escalate_setting(
     # under test carries them. ``escalate`` is the operator's, not the publisher's, decision.
     setting = "" if escalate is None else f"escalate = {msgspec.json.encode(escalate).decode()}"
     numbers: dict[str, str] = {}
-    async with running_gateway(f"[triage]\n{setting}\n{_TRIAGE_RULES}", tmp_path) as gw:
+    async with running_gateway(f"[triage]\n{setting}\n{TRIAGE_RULES}", tmp_path) as gw:
         async with aiohttp.ClientSession() as session:
             for priority, text in _TICKETS.items():
                 body: dict[str, Any] = {"contact": {"email": f"{priority}@example.org"},
