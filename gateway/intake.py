@@ -126,21 +126,11 @@ class IntakeService:
         """See :meth:`gateway.plugin.Intake.first_use`."""
         return await self.store.first_use(scope, key, ttl=ttl)
 
-    async def submit(self, message: InboundMessage, *, reply: Reply = INLINE,
-                     ack_via: OutboxAck | None = None, inline_reaches_phone: bool = False,
-                     unreachable: bool = False) -> Receipt:
-        """See :meth:`gateway.plugin.Intake.submit`.
-
-        ``ack_via``, ``inline_reaches_phone`` and ``unreachable`` are the spelling of ``reply``
-        before the contract had it (an outbox route; inline on the phone; nobody): kept for
-        callers that have not moved, each the same as the matching ``Reply``.
-        """
-        if isinstance(reply, Outbox):
-            ack_via = reply
-        elif isinstance(reply, InlineOnPhone):
-            inline_reaches_phone = True
-        elif isinstance(reply, Nobody):
-            unreachable = True
+    async def submit(self, message: InboundMessage, *, reply: Reply = INLINE) -> Receipt:
+        """See :meth:`gateway.plugin.Intake.submit`."""
+        ack_via = reply if isinstance(reply, Outbox) else None
+        inline_reaches_phone = isinstance(reply, InlineOnPhone)
+        unreachable = isinstance(reply, Nobody)
         started = time.perf_counter()
         try:
             self._validate(message)
