@@ -26,6 +26,10 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	# mypy reads adapters/ and schemas/ by their import names (pyproject.toml, [tool.mypy]).
+	mkdir -p $(VENV)/import-names
+	ln -sfn ../../adapters $(VENV)/import-names/intake_adapters
+	ln -sfn ../../schemas $(VENV)/import-names/intake_schemas
 	touch $(STAMP)
 
 # Re-pin after changing dependencies in pyproject.toml (needs uv: pip install uv).

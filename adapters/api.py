@@ -21,8 +21,8 @@ from gateway.plugin import (
     parse_duration,
     resolve_secret,
 )
-from schemas import Contact, InboundMessage, ThreadHints
-from schemas.api import ApiMessage
+from intake_schemas import Contact, InboundMessage, ThreadHints
+from intake_schemas.api import ApiMessage
 
 
 class ApiConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

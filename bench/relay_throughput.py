@@ -91,7 +91,7 @@ from gateway.queues.redis import RedisStreamsConfig, RedisStreamsPublisher  # no
 from gateway.queues.webhook import WebhookConfig, WebhookPublisher  # noqa: E402
 from gateway.relay import EventRelay  # noqa: E402
 from gateway.store.sqlite import SqliteStore, SqliteTx  # noqa: E402
-from schemas import (  # noqa: E402
+from intake_schemas import (  # noqa: E402
     ContactView,
     MessageView,
     TicketCreated,

@@ -36,7 +36,7 @@ from gateway.config import parse_config
 from gateway.decision import decide_and_record
 from gateway.runtime import Gateway
 from gateway.store.sqlite import _SCHEMA, SqliteTx, connect
-from schemas import Contact, InboundMessage
+from intake_schemas import Contact, InboundMessage
 
 try:  # IntakeService.submit decides the language before _plan
     from gateway.language import with_language

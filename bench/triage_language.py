@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.fingerprint import content_fingerprint, normalize_for_dedup
 from gateway.triage import TriageConfig, Triager
-from schemas import Contact, InboundMessage
+from intake_schemas import Contact, InboundMessage
 
 try:  # b7fad44 has no language step
     from gateway.language import with_language

@@ -103,7 +103,7 @@ def serve_bare(listen: str) -> None:
 
 def write_requests(path: Path, url: str, tag: int, count: int) -> None:
     """``count`` signed webhooks for ``url``, one ``signature<TAB>body`` line each."""
-    from adapters.twilio.protocol import compute_twilio_signature
+    from intake_adapters.twilio.protocol import compute_twilio_signature
 
     with path.open("w", encoding="utf-8") as out:
         for i in range(count):

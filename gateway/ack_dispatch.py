@@ -32,7 +32,7 @@ from gateway.errors import PermanentError, TransientError
 from gateway.ids import new_id
 from gateway.plugin import AckSender
 from gateway.store.protocols import AckOutbox, AckOutboxTx, DueAck, EventLog, NewEvent
-from schemas import AckFailed, AckFailedData, AckSent, AckSentData
+from intake_schemas import AckFailed, AckFailedData, AckSent, AckSentData
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from gateway.language import message_language
 from gateway.plugin.locales import SUPPORTED_LOCALES as SUPPORTED
 from gateway.plugin.locales import pick_locale
 from gateway.sla import BusinessCalendar, format_due
-from schemas import Acknowledgement, FileNotKept, Outcome
+from intake_schemas import Acknowledgement, FileNotKept, Outcome
 
 SUPPORTED_LOCALES = SUPPORTED  # the acknowledgement languages (gateway.plugin.locales)
 

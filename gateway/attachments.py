@@ -10,7 +10,7 @@ from pathlib import Path
 from gateway.errors import StorageFull, TooLarge
 from gateway.files import write_durably
 from gateway.plugin.files import safe_filename
-from schemas import Attachment
+from intake_schemas import Attachment
 
 
 class AttachmentStore:

@@ -93,7 +93,7 @@ def _check(config: Config, args: argparse.Namespace) -> int:
 
 
 def _schema(out: str | None) -> int:
-    from schemas.export import export_schemas
+    from intake_schemas.export import export_schemas
 
     docs = export_schemas()
     if out is None:

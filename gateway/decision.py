@@ -20,7 +20,7 @@ from gateway.inline import fit_inline
 from gateway.numbering import TicketNumbering
 from gateway.plugin.contract import Outbox
 from gateway.triage import TriageResult
-from schemas import (
+from intake_schemas import (
     ContactView,
     DuplicateReceived,
     DuplicateReceivedData,

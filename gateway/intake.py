@@ -40,7 +40,14 @@ from gateway.plugin.contract import (
 )
 from gateway.sla import BusinessCalendar, due_at, format_due
 from gateway.triage import Triager
-from schemas import Acknowledgement, Attachment, FileNotKept, InboundMessage, Outcome, Receipt
+from intake_schemas import (
+    Acknowledgement,
+    Attachment,
+    FileNotKept,
+    InboundMessage,
+    Outcome,
+    Receipt,
+)
 
 SUBMITTED = Counter("intake_messages_total", "Messages submitted, by channel and outcome",
                     ["channel", "outcome"])

@@ -27,7 +27,7 @@ import langcodes
 import msgspec
 
 from gateway.fingerprint import normalize_for_dedup
-from schemas import InboundMessage
+from intake_schemas import InboundMessage
 
 __all__ = [
     "chinese_script",

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.attachments import AttachmentStore
 from gateway.errors import NotFound, RejectedInput
-from schemas import InboundMessage
+from intake_schemas import InboundMessage
 
 _UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")

@@ -27,7 +27,7 @@ import msgspec
 
 from gateway.errors import ConfigError
 from gateway.language import chinese_script
-from schemas.message import Priority
+from intake_schemas.message import Priority
 
 __all__ = [
     "BusinessCalendar",

@@ -25,7 +25,7 @@ from typing import Final, get_args
 import msgspec
 
 from gateway.errors import ConfigError
-from schemas.message import Area, CustomerType, InboundMessage, Kind, Priority
+from intake_schemas.message import Area, CustomerType, InboundMessage, Kind, Priority
 
 __all__ = ["TriageConfig", "TriageResult", "TriageRule", "Triager", "triage"]
 

@@ -7,7 +7,7 @@ This package imports nothing of ours, so adapters, the core and downstream consu
 depend on it. Evolution rule: fields are only ever added, always with a default.
 """
 
-from schemas.events import (
+from intake_schemas.events import (
     AckFailed,
     AckFailedData,
     AckSent,
@@ -26,7 +26,7 @@ from schemas.events import (
     TicketCreatedData,
     TicketView,
 )
-from schemas.message import (
+from intake_schemas.message import (
     Acknowledgement,
     Area,
     Attachment,

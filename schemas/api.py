@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from schemas.message import CustomerType, Kind
+from intake_schemas.message import CustomerType, Kind
 
 
 class ApiContact(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import (
+from intake_schemas.events import (
     AckFailed,
     AckSent,
     DuplicateReceived,

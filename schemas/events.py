@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.message import (
+from intake_schemas.message import (
     Area,
     Attachment,
     CustomerType,

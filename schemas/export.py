@@ -6,9 +6,9 @@ from typing import Any
 
 import msgspec
 
-from schemas.api import ApiMessage
-from schemas.asyncapi import asyncapi_document
-from schemas.events import (
+from intake_schemas.api import ApiMessage
+from intake_schemas.asyncapi import asyncapi_document
+from intake_schemas.events import (
     AckFailed,
     AckSent,
     DuplicateReceived,
@@ -17,7 +17,7 @@ from schemas.events import (
     MessageAutomated,
     TicketCreated,
 )
-from schemas.message import InboundMessage, Receipt
+from intake_schemas.message import InboundMessage, Receipt
 
 SCHEMA_VERSION = "1.1.0"
 """The event contract's version: the minor part grows with every added field."""

@@ -15,8 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.mail import SmtpAdapter
-from adapters.twilio import one_segment, sms_ack_text
 from gateway import language
 from gateway.acks import SUPPORTED_LOCALES, ack_locale, pick_locale, render_ack
 from gateway.language import detect_language, message_language
@@ -26,6 +24,8 @@ from gateway.testing.drivers import first_number
 from gateway.testing.drivers_mail import customer_mail, smtp_transaction
 from gateway.testing.harness import read_events
 from gateway.testing.smtp_capture import SmtpCapture
+from intake_adapters.mail import SmtpAdapter
+from intake_adapters.twilio import one_segment, sms_ack_text
 from tests.conftest import MakeGateway
 
 # text -> the acknowledgement's locale, with no declared tag and the default zh-CN

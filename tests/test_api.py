@@ -10,9 +10,9 @@ import time
 import aiohttp
 import pytest
 
-from adapters.api import sign_request
 from gateway.runtime import Gateway
 from gateway.testing.harness import read_events
+from intake_adapters.api import sign_request
 from tests.conftest import MakeGateway
 
 

@@ -38,14 +38,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.api import sign_request
-from adapters.mail import SmtpAdapter
-from adapters.twilio import TwilioAdapter
-from adapters.twilio.protocol import compute_twilio_signature
-from adapters.wechat.protocol import compute_signature
 from gateway.runtime import Gateway
 from gateway.testing.drivers_mail import smtp_transaction
 from gateway.testing.fakes import FakeTelegram, FakeTwilio
+from intake_adapters.api import sign_request
+from intake_adapters.mail import SmtpAdapter
+from intake_adapters.twilio import TwilioAdapter
+from intake_adapters.twilio.protocol import compute_twilio_signature
+from intake_adapters.wechat.protocol import compute_signature
 from tests.conftest import MakeGateway
 from tests.memory_probe import rss_bytes
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from adapters.api import sign_request
 from gateway.testing.harness import read_events
+from intake_adapters.api import sign_request
 from tests.conftest import MakeGateway
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ from gateway.attachments import AttachmentStore
 from gateway.config import parse_config
 from gateway.intake import IntakeService
 from gateway.store.sqlite import SqliteStore, SqliteTx
-from schemas import Contact, InboundMessage, Receipt, ThreadHints
+from intake_schemas import Contact, InboundMessage, Receipt, ThreadHints
 
 T0 = datetime(2025, 3, 3, 2, 0, tzinfo=UTC)  # a Monday, 10:00 in Beijing
 DUP_WINDOW = timedelta(hours=2)

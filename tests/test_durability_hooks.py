@@ -25,7 +25,7 @@ from gateway.config import parse_config
 from gateway.intake import IntakeService
 from gateway.runtime import Gateway
 from gateway.store.sqlite import SqliteStore, SqliteTx
-from schemas import Contact, InboundMessage
+from intake_schemas import Contact, InboundMessage
 from tests.conftest import MakeGateway
 
 

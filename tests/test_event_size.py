@@ -14,10 +14,10 @@ import aiohttp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.mail import SmtpAdapter
 from gateway.inline import cut_utf8, fit_inline
 from gateway.testing.drivers_mail import smtp_transaction
 from gateway.testing.harness import read_events
+from intake_adapters.mail import SmtpAdapter
 from tests.conftest import MakeGateway
 
 SUPPORT = "support@example.com"

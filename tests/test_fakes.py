@@ -21,21 +21,21 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from adapters.twilio.protocol import (
+from gateway.errors import Forbidden, RejectedInput
+from gateway.testing.fakes import FakeTelegram, FakeTwilio, FakeWeChat, signed_webhook
+from intake_adapters.twilio.protocol import (
     public_url,
     render_twiml_empty,
     render_twiml_message,
     verify_twilio_signature,
 )
-from adapters.wechat.protocol import (
+from intake_adapters.wechat.protocol import (
     WeChatCrypto,
     check_signature,
     parse_push,
     render_text_reply,
     to_push,
 )
-from gateway.errors import Forbidden, RejectedInput
-from gateway.testing.fakes import FakeTelegram, FakeTwilio, FakeWeChat, signed_webhook
 
 CORPUS = Path(__file__).parent / "corpus"
 TG_TOKEN = "123456789:AAH-fake_token_for_tests"

@@ -9,11 +9,11 @@ import os
 
 import aiohttp
 
-from adapters.mail import SmtpAdapter
 from gateway.testing.drivers_mail import smtp_transaction
 from gateway.testing.fakes import FakeTwilio
 from gateway.testing.harness import read_events
 from gateway.testing.smtp_capture import SmtpCapture
+from intake_adapters.mail import SmtpAdapter
 from tests.conftest import MakeGateway
 
 SUPPORT = "support@example.com"

@@ -11,12 +11,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from adapters.mail import ImapAdapter
 from gateway.runtime import Gateway
 from gateway.testing.dovecot import PrivateDovecot, require_dovecot
 from gateway.testing.drivers_mail import customer_mail
 from gateway.testing.harness import read_events
 from gateway.testing.smtp_capture import SmtpCapture
+from intake_adapters.mail import ImapAdapter
 from tests.conftest import MakeGateway
 
 PASSWORD_ENV = "INTAKE_TEST_IMAP_PASSWORD"

@@ -30,5 +30,6 @@ def test_adapters_are_kept_from_every_module_of_the_core_but_the_contract() -> N
 
 def test_every_adapter_package_is_in_the_independence_contract() -> None:
     (rule,) = [c for c in _contracts() if c["name"] == "adapters never import each other"]
-    packages = {f"adapters.{p.name}" for p in pkgutil.iter_modules([str(ROOT / "adapters")])}
+    packages = {f"intake_adapters.{p.name}"
+                for p in pkgutil.iter_modules([str(ROOT / "adapters")])}
     assert set(rule["modules"]) == packages

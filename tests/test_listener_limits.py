@@ -26,10 +26,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.mail import SmtpAdapter
 from gateway.logs import ResourceErrorThrottle
 from gateway.plugin.limits import peer_key
 from gateway.runtime import Gateway
+from intake_adapters.mail import SmtpAdapter
 from tests.conftest import MakeGateway
 
 SUPPORT = "support@example.com"

@@ -24,13 +24,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.api import sign_request
-from adapters.mail import SmtpAdapter
 from gateway.runtime import Gateway
 from gateway.testing.fakes import FakeTelegram
 from gateway.testing.fakes.twilio import FakeTwilio, signed_webhook
 from gateway.testing.harness import read_events
 from gateway.testing.smtp_capture import SmtpCapture
+from intake_adapters.api import sign_request
+from intake_adapters.mail import SmtpAdapter
 from tests.conftest import MakeGateway
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,6 @@ from functools import partial
 import aiohttp
 import pytest
 
-from adapters.mail import MailerAdapter, MailerConfig, SmtpAdapter
 from gateway.errors import PermanentError, TransientError
 from gateway.runtime import Gateway
 from gateway.testing.drivers import first_number
@@ -22,7 +21,8 @@ from gateway.testing.harness import outbox_settled, read_events
 from gateway.testing.recording import context
 from gateway.testing.services import free_port
 from gateway.testing.smtp_capture import CapturedMail, SmtpCapture
-from schemas import Acknowledgement
+from intake_adapters.mail import MailerAdapter, MailerConfig, SmtpAdapter
+from intake_schemas import Acknowledgement
 from tests.conftest import MakeGateway
 
 SUPPORT = "support@example.com"

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.mail.loop_policy import (
+from intake_adapters.mail.loop_policy import (
     MailClass,
     bounced_message_ids,
     classify,
     should_acknowledge,
 )
-from adapters.mail.parse import ParsedEmail, parse_email
+from intake_adapters.mail.parse import ParsedEmail, parse_email
 
 CORPUS = Path(__file__).parent / "corpus" / "email"
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "email"

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from adapters.mail import SmtpAdapter
 from gateway.runtime import Gateway
 from gateway.testing.drivers_mail import SmtpReply, customer_mail, smtp_transaction
 from gateway.testing.harness import outbox_settled, read_events
 from gateway.testing.smtp_capture import SmtpCapture, strip_headers
+from intake_adapters.mail import SmtpAdapter
 from tests.conftest import MakeGateway
 
 SUPPORT = "support@example.com"

@@ -25,9 +25,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.mail.charsets import codec_chain, decode_bytes, decode_encoded_words
-from adapters.mail.loop_policy import classify
-from adapters.mail.parse import (
+from gateway.errors import RejectedInput
+from intake_adapters.mail.charsets import codec_chain, decode_bytes, decode_encoded_words
+from intake_adapters.mail.loop_policy import classify
+from intake_adapters.mail.parse import (
     MailLimits,
     ParsedEmail,
     html_to_text,
@@ -36,8 +37,7 @@ from adapters.mail.parse import (
     sanitize_html,
     to_inbound,
 )
-from gateway.errors import RejectedInput
-from schemas.message import InboundMessage
+from intake_schemas.message import InboundMessage
 
 CORPUS = Path(__file__).parent / "corpus" / "email"
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "email"

@@ -21,8 +21,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from adapters.mail import SmtpAdapter
 from gateway.testing.drivers_mail import customer_mail, smtp_transaction
+from intake_adapters.mail import SmtpAdapter
 from tests.conftest import MakeGateway
 
 SUPPORT = "support@example.com"

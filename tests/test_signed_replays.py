@@ -15,11 +15,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from adapters.api import sign_request
 from gateway.config import parse_config
 from gateway.runtime import Gateway
 from gateway.testing.fakes import FakeWeChat
 from gateway.testing.harness import read_events
+from intake_adapters.api import sign_request
 from tests.conftest import MakeGateway
 
 WX_TOKEN = "wechat-replay-token"

@@ -14,11 +14,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from adapters.mail import SmtpAdapter
 from gateway.runtime import Gateway
 from gateway.testing.drivers_mail import SmtpReply, customer_mail, smtp_transaction
 from gateway.testing.harness import outbox_settled, read_events
 from gateway.testing.smtp_capture import SmtpCapture
+from intake_adapters.mail import SmtpAdapter
 from tests.conftest import MakeGateway
 
 SUPPORT = "support@example.com"

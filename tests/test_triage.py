@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import ConfigError
 from gateway.triage import TriageConfig, Triager, TriageResult, TriageRule, triage
-from schemas.message import Contact, InboundMessage
+from intake_schemas.message import Contact, InboundMessage
 
 CONFIG = TriageConfig()
 TRIAGER = Triager(CONFIG)

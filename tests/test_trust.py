@@ -18,14 +18,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.api import sign_request
-from adapters.mail import SmtpAdapter
 from gateway.runtime import Gateway
 from gateway.testing.drivers import first_number
 from gateway.testing.drivers_mail import SmtpReply, customer_mail, smtp_transaction
 from gateway.testing.fakes import FakeTelegram
 from gateway.testing.harness import read_events
 from gateway.testing.smtp_capture import SmtpCapture
+from intake_adapters.api import sign_request
+from intake_adapters.mail import SmtpAdapter
 from tests.conftest import MakeGateway
 
 SUPPORT = "support@example.com"

@@ -18,8 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.twilio import TwilioAdapter, form_pairs, guess_locale, one_segment, sms_ack_text
-from adapters.twilio.protocol import compute_twilio_signature, sms_segments
 from gateway.acks import render_ack
 from gateway.config import parse_config
 from gateway.runtime import Gateway
@@ -27,6 +25,14 @@ from gateway.sla import BusinessCalendar, CalendarConfig
 from gateway.testing.fakes import FakeTwilio
 from gateway.testing.harness import read_events
 from gateway.testing.services import free_port
+from intake_adapters.twilio import (
+    TwilioAdapter,
+    form_pairs,
+    guess_locale,
+    one_segment,
+    sms_ack_text,
+)
+from intake_adapters.twilio.protocol import compute_twilio_signature, sms_segments
 from tests.conftest import MakeGateway
 
 CORPUS = Path(__file__).parent / "corpus" / "twilio"

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from adapters.twilio.protocol import (
+from gateway.testing.fakes.twilio import signed_webhook
+from intake_adapters.twilio.protocol import (
     GSM7_BASIC,
     GSM7_EXTENSION,
     classify_keyword,
@@ -25,7 +26,6 @@ from adapters.twilio.protocol import (
     sms_segments,
     verify_twilio_signature,
 )
-from gateway.testing.fakes.twilio import signed_webhook
 
 CORPUS = Path(__file__).parent / "corpus" / "twilio"
 VECTORS = json.loads((CORPUS / "signature_test_vectors.json").read_text())["vectors"]

@@ -13,10 +13,10 @@ from typing import Any
 
 import aiohttp
 
-from adapters.api import sign_request
 from gateway.runtime import Gateway
 from gateway.testing.fakes import FakeTelegram, FakeTwilio, FakeWeChat
 from gateway.testing.harness import read_events
+from intake_adapters.api import sign_request
 from tests.conftest import MakeGateway
 
 SID = "AC" + "9d" * 16

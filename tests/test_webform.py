@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.webform import FIELD_LIMITS, ClientRateLimiter, negotiate_locale
 from gateway.runtime import Gateway
+from intake_adapters.webform import FIELD_LIMITS, ClientRateLimiter, negotiate_locale
 
 NUMBER = re.compile(r"CX-\d{8}-\d{5}-\d")
 TOKEN = re.compile(r'name="form_token" value="([^"]+)"')

@@ -25,7 +25,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from adapters.webhook import WebhookAdapter, WebhookConfig
 from gateway.config import convert_section, parse_config
 from gateway.errors import ConfigError
 from gateway.http import errors_middleware
@@ -34,6 +33,7 @@ from gateway.runtime import Gateway
 from gateway.testing.drivers_webhook import standard_webhooks_headers
 from gateway.testing.harness import read_events
 from gateway.testing.recording import RecordingIntake, context
+from intake_adapters.webhook import WebhookAdapter, WebhookConfig
 from tests.conftest import MakeGateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def _signed(body: bytes, *, msg_id: str = "msg_1", at: datetime = NOW,
 def test_standard_webhooks_accepts_the_reference_test_vector() -> None:
     # The signing test of the Standard Webhooks reference library (libraries/python/tests):
     # an oracle computed by someone else, not by our own signer.
-    from adapters.webhook import StandardWebhooks
+    from intake_adapters.webhook import StandardWebhooks
 
     scheme = StandardWebhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", tolerance=300, key="k")
     headers = {"webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek", "webhook-timestamp": "1614265330",

@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from adapters.wechat.protocol import WeChatCrypto, compute_signature
 from gateway.runtime import Gateway
 from gateway.testing.fakes import FakeWeChat
 from gateway.testing.harness import read_events
+from intake_adapters.wechat.protocol import WeChatCrypto, compute_signature
 from tests.conftest import MakeGateway
 
 CORPUS = Path(__file__).parent / "corpus" / "wechat"

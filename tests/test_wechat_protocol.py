@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.wechat.protocol import (
+from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
+from intake_adapters.wechat.protocol import (
     WeChatCrypto,
     check_signature,
     escape_cdata,
@@ -21,7 +22,6 @@ from adapters.wechat.protocol import (
     render_xml,
     to_push,
 )
-from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
 
 CORPUS = Path(__file__).parent / "corpus" / "wechat"
 VECTORS = {

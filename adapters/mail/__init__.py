@@ -17,9 +17,9 @@ Modules:
 - ``smtp``, ``imap``, ``mailer``: the three adapters.
 """
 
-from adapters.mail.imap import ImapAdapter, ImapConfig
-from adapters.mail.mailer import MailerAdapter, MailerConfig
-from adapters.mail.smtp import SmtpAdapter, SmtpConfig
+from intake_adapters.mail.imap import ImapAdapter, ImapConfig
+from intake_adapters.mail.mailer import MailerAdapter, MailerConfig
+from intake_adapters.mail.smtp import SmtpAdapter, SmtpConfig
 
 __all__ = ["ImapAdapter", "ImapConfig", "MailerAdapter", "MailerConfig", "SmtpAdapter",
            "SmtpConfig"]

@@ -20,9 +20,6 @@ import msgspec
 from imapclient import IMAPClient
 from prometheus_client import Counter, Gauge
 
-from adapters.mail.keep import keep_raw, store_mail_attachments
-from adapters.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
-from adapters.mail.parse import MailLimits, parse_email, to_inbound
 from gateway.errors import ConfigError, RejectedInput, TransientError
 from gateway.plugin import (
     INLINE_REPLY,
@@ -36,6 +33,9 @@ from gateway.plugin import (
     resolve_secret,
 )
 from gateway.plugin.files import write_durably
+from intake_adapters.mail.keep import keep_raw, store_mail_attachments
+from intake_adapters.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
+from intake_adapters.mail.parse import MailLimits, parse_email, to_inbound
 
 log = logging.getLogger("intake.imap")
 

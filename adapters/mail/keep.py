@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.errors import TooLarge
-from schemas import FileNotKept
+from intake_schemas import FileNotKept
 
 if TYPE_CHECKING:
-    from adapters.mail.parse import ParsedEmail
     from gateway.plugin import Intake
-    from schemas import Attachment
+    from intake_adapters.mail.parse import ParsedEmail
+    from intake_schemas import Attachment
 
 
 async def store_mail_attachments(intake: Intake, parsed: ParsedEmail, extra: dict[str, str]

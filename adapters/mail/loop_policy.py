@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from adapters.mail.charsets import decode_encoded_words
+from intake_adapters.mail.charsets import decode_encoded_words
 
 if TYPE_CHECKING:
-    from adapters.mail.parse import ParsedEmail
+    from intake_adapters.mail.parse import ParsedEmail
 
 MailKind = Literal["human", "auto_reply", "bounce", "read_receipt", "list", "feedback_report"]
 

@@ -13,10 +13,10 @@ from typing import ClassVar
 
 import msgspec
 
-from adapters.mail.send import check_address, compose_ack
 from gateway.errors import ConfigError, PermanentError, TransientError
 from gateway.plugin import AdapterBase, AdapterContext, Intake, is_loopback, resolve_secret
-from schemas import Acknowledgement
+from intake_adapters.mail.send import check_address, compose_ack
+from intake_schemas import Acknowledgement
 
 log = logging.getLogger("intake.mailer")
 

@@ -41,7 +41,8 @@ from typing import Any
 import msgspec
 import nh3
 
-from adapters.mail.charsets import (
+from gateway.errors import RejectedInput
+from intake_adapters.mail.charsets import (
     codec_chain,
     decode_bytes,
     decode_encoded_words,
@@ -49,9 +50,8 @@ from adapters.mail.charsets import (
     locale_for_charset,
     to_raw_bytes,
 )
-from adapters.mail.loop_policy import classify, should_acknowledge
-from gateway.errors import RejectedInput
-from schemas.message import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
+from intake_adapters.mail.loop_policy import classify, should_acknowledge
+from intake_schemas.message import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
 
 MiB = 1024 * 1024
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import jinja2
 import msgspec
 
-from schemas import Acknowledgement
+from intake_schemas import Acknowledgement
 
 TEMPLATE_LOCALES = ("zh-CN", "zh-TW", "en")
 _TEMPLATES = Path(__file__).parent / "templates"

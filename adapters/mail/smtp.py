@@ -17,9 +17,6 @@ import msgspec
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from prometheus_client import Counter
 
-from adapters.mail.keep import keep_raw, store_mail_attachments
-from adapters.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
-from adapters.mail.parse import MailLimits, parse_email, to_inbound
 from gateway.errors import ConfigError, RejectedInput, StorageFull, TransientError
 from gateway.plugin import (
     INLINE_REPLY,
@@ -33,7 +30,10 @@ from gateway.plugin import (
     peer_key,
     split_listen,
 )
-from schemas import InboundMessage, Receipt
+from intake_adapters.mail.keep import keep_raw, store_mail_attachments
+from intake_adapters.mail.loop_policy import bounced_message_ids, classify, should_acknowledge
+from intake_adapters.mail.parse import MailLimits, parse_email, to_inbound
+from intake_schemas import InboundMessage, Receipt
 
 log = logging.getLogger("intake.smtp")
 

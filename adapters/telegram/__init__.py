@@ -4,6 +4,6 @@
 - ``adapter``: webhook or long polling, files, acknowledgements as replies in the chat.
 """
 
-from adapters.telegram.adapter import TelegramAdapter, TelegramConfig, safe_file_path
+from intake_adapters.telegram.adapter import TelegramAdapter, TelegramConfig, safe_file_path
 
 __all__ = ["TelegramAdapter", "TelegramConfig", "safe_file_path"]

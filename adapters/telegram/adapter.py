@@ -26,7 +26,6 @@ from telegram.error import (
 from telegram.error import Forbidden as TelegramForbidden
 from telegram.request import HTTPXRequest
 
-from adapters.telegram.wire import TgFile, TgMessage, TgUpdate, _decode_update
 from gateway.errors import (
     ConfigError,
     Forbidden,
@@ -46,7 +45,8 @@ from gateway.plugin import (
     read_limited,
     resolve_secret,
 )
-from schemas import (
+from intake_adapters.telegram.wire import TgFile, TgMessage, TgUpdate, _decode_update
+from intake_schemas import (
     Acknowledgement,
     Attachment,
     Contact,

@@ -8,10 +8,10 @@
 - ``state``: opt-outs, delivery reports and calls in progress, kept in ``ctx.state``.
 """
 
-from adapters.twilio.adapter import TwilioAdapter, TwilioConfig, form_pairs
-from adapters.twilio.common import can_receive_sms, guess_locale
-from adapters.twilio.outbound import one_segment, sms_ack_text
-from adapters.twilio.state import TwilioState, VoiceCall
+from intake_adapters.twilio.adapter import TwilioAdapter, TwilioConfig, form_pairs
+from intake_adapters.twilio.common import can_receive_sms, guess_locale
+from intake_adapters.twilio.outbound import one_segment, sms_ack_text
+from intake_adapters.twilio.state import TwilioState, VoiceCall
 
 __all__ = ["TwilioAdapter", "TwilioConfig", "TwilioState", "VoiceCall", "can_receive_sms",
            "form_pairs", "guess_locale", "one_segment", "sms_ack_text"]

@@ -23,12 +23,6 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 from yarl import URL
 
-from adapters.twilio.common import _API_HOST, _e164
-from adapters.twilio.messaging import MessagingMixin
-from adapters.twilio.outbound import OutboundMixin
-from adapters.twilio.protocol import compute_twilio_signature, public_url, verify_twilio_signature
-from adapters.twilio.state import TwilioState
-from adapters.twilio.voice import VoiceMixin
 from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
 from gateway.plugin import (
     AdapterBase,
@@ -38,6 +32,16 @@ from gateway.plugin import (
     parse_duration,
     resolve_secret,
 )
+from intake_adapters.twilio.common import _API_HOST, _e164
+from intake_adapters.twilio.messaging import MessagingMixin
+from intake_adapters.twilio.outbound import OutboundMixin
+from intake_adapters.twilio.protocol import (
+    compute_twilio_signature,
+    public_url,
+    verify_twilio_signature,
+)
+from intake_adapters.twilio.state import TwilioState
+from intake_adapters.twilio.voice import VoiceMixin
 
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _MAX_FORM = 262_144

@@ -14,8 +14,8 @@ from twilio.rest import Client
 from gateway.plugin import AdapterContext, Intake, MediaHosts
 
 if TYPE_CHECKING:
-    from adapters.twilio.adapter import TwilioConfig, _Params
-    from adapters.twilio.state import TwilioState
+    from intake_adapters.twilio.adapter import TwilioConfig, _Params
+    from intake_adapters.twilio.state import TwilioState
 
 _E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 _NANP = re.compile(r"^\+1[2-9][0-9]{2}[2-9][0-9]{6}$")

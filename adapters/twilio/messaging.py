@@ -10,9 +10,6 @@ import aiohttp
 from aiohttp import web
 from multidict import MultiDict
 
-from adapters.twilio.common import _API_HOST, _VERIFIED_BY, TwilioParts, _e164, _twiml, guess_locale
-from adapters.twilio.outbound import sms_ack_text
-from adapters.twilio.protocol import classify_keyword, render_twiml_empty, render_twiml_message
 from gateway.errors import RejectedInput, TooLarge
 from gateway.plugin import (
     IDENTITY,
@@ -22,7 +19,21 @@ from gateway.plugin import (
     file_not_kept,
     read_limited,
 )
-from schemas import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
+from intake_adapters.twilio.common import (
+    _API_HOST,
+    _VERIFIED_BY,
+    TwilioParts,
+    _e164,
+    _twiml,
+    guess_locale,
+)
+from intake_adapters.twilio.outbound import sms_ack_text
+from intake_adapters.twilio.protocol import (
+    classify_keyword,
+    render_twiml_empty,
+    render_twiml_message,
+)
+from intake_schemas import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
 
 # Short codes and alphanumeric sender ids cannot be E.164, yet they are who wrote.
 _SENDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,15}$")

@@ -12,10 +12,15 @@ import aiohttp
 from aiohttp import web
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
-from adapters.twilio.common import _HAN, TwilioParts, _e164, _twiml
-from adapters.twilio.protocol import GSM7_BASIC, GSM7_EXTENSION, fit_one_segment, render_twiml_empty
 from gateway.errors import PermanentError, RejectedInput, TransientError
-from schemas import Acknowledgement
+from intake_adapters.twilio.common import _HAN, TwilioParts, _e164, _twiml
+from intake_adapters.twilio.protocol import (
+    GSM7_BASIC,
+    GSM7_EXTENSION,
+    fit_one_segment,
+    render_twiml_empty,
+)
+from intake_schemas import Acknowledgement
 
 
 class OutboundMixin(TwilioParts):

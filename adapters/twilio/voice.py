@@ -13,7 +13,9 @@ from aiohttp import web
 from multidict import MultiDict
 from twilio.twiml.voice_response import VoiceResponse
 
-from adapters.twilio.common import (
+from gateway.errors import RejectedInput, TooLarge
+from gateway.plugin import Nobody, Outbox, Reply
+from intake_adapters.twilio.common import (
     _VERIFIED_BY,
     TwilioParts,
     _e164,
@@ -21,12 +23,10 @@ from adapters.twilio.common import (
     can_receive_sms,
     guess_locale,
 )
-from adapters.twilio.messaging import _MediaSkipped
-from adapters.twilio.protocol import render_twiml_empty, render_voice_record_twiml
-from adapters.twilio.state import VoiceCall
-from gateway.errors import RejectedInput, TooLarge
-from gateway.plugin import Nobody, Outbox, Reply
-from schemas import Attachment, Contact, InboundMessage, Receipt, ThreadHints
+from intake_adapters.twilio.messaging import _MediaSkipped
+from intake_adapters.twilio.protocol import render_twiml_empty, render_voice_record_twiml
+from intake_adapters.twilio.state import VoiceCall
+from intake_schemas import Attachment, Contact, InboundMessage, Receipt, ThreadHints
 
 
 class VoiceMixin(TwilioParts):

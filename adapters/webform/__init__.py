@@ -1,6 +1,6 @@
 """The public web form (``adapters.webform:WebformAdapter``); its pages and texts: templates/."""
 
-from adapters.webform.adapter import (
+from intake_adapters.webform.adapter import (
     FIELD_LIMITS,
     ClientRateLimiter,
     WebformAdapter,

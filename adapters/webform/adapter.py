@@ -31,7 +31,7 @@ from gateway.plugin import (
 from gateway.plugin.files import safe_filename
 from gateway.plugin.limits import TokenBuckets
 from gateway.plugin.locales import pick_locale
-from schemas import Contact, CustomerType, InboundMessage, Kind, Receipt, ThreadHints
+from intake_schemas import Contact, CustomerType, InboundMessage, Kind, Receipt, ThreadHints
 
 _TEMPLATES = Path(__file__).parent / "templates"
 

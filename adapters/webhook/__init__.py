@@ -5,10 +5,10 @@ Configured per platform in ``[[adapters.webhook.sources]]``: a signature scheme
 the schema (:mod:`adapters.webhook.mapping`). The worked example of ``docs/integrators.md``.
 """
 
-from adapters.webhook.adapter import SignatureReplayed, Source, WebhookAdapter
-from adapters.webhook.config import MappingConfig, SourceConfig, WebhookConfig
-from adapters.webhook.mapping import Path, PayloadMismatch
-from adapters.webhook.signatures import SCHEMES, BodyHmac, StandardWebhooks, Verified
+from intake_adapters.webhook.adapter import SignatureReplayed, Source, WebhookAdapter
+from intake_adapters.webhook.config import MappingConfig, SourceConfig, WebhookConfig
+from intake_adapters.webhook.mapping import Path, PayloadMismatch
+from intake_adapters.webhook.signatures import SCHEMES, BodyHmac, StandardWebhooks, Verified
 
 __all__ = ["SCHEMES", "BodyHmac", "MappingConfig", "Path", "PayloadMismatch",
            "SignatureReplayed", "Source", "SourceConfig", "StandardWebhooks", "Verified",

@@ -10,9 +10,6 @@ from typing import Any, ClassVar
 import msgspec
 from aiohttp import web
 
-from adapters.webhook.config import MappingConfig, SourceConfig, WebhookConfig
-from adapters.webhook.mapping import Path, PayloadMismatch
-from adapters.webhook.signatures import SCHEMES, BodyHmac, Scheme, StandardWebhooks
 from gateway.errors import ConfigError, RejectedInput, TooLarge, Unauthorized
 from gateway.plugin import (
     AdapterBase,
@@ -24,7 +21,10 @@ from gateway.plugin import (
     parse_duration,
     resolve_secret,
 )
-from schemas import Contact, InboundMessage, ThreadHints
+from intake_adapters.webhook.config import MappingConfig, SourceConfig, WebhookConfig
+from intake_adapters.webhook.mapping import Path, PayloadMismatch
+from intake_adapters.webhook.signatures import SCHEMES, BodyHmac, Scheme, StandardWebhooks
+from intake_schemas import Contact, InboundMessage, ThreadHints
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 _LANGUAGE_TAG = re.compile(r"^(?=.{1,35}$)[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$")

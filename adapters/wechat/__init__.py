@@ -5,6 +5,6 @@
 - ``adapter``: URL verification, pushes turned into tickets, acknowledgements as passive replies.
 """
 
-from adapters.wechat.adapter import WeChatAdapter, WeChatConfig
+from intake_adapters.wechat.adapter import WeChatAdapter, WeChatConfig
 
 __all__ = ["WeChatAdapter", "WeChatConfig"]

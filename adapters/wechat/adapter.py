@@ -15,14 +15,6 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from adapters.wechat.protocol import (
-    WeChatCrypto,
-    WeChatPush,
-    check_signature,
-    parse_push,
-    render_text_reply,
-    to_push,
-)
 from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
 from gateway.plugin import (
     IDENTITY,
@@ -36,7 +28,15 @@ from gateway.plugin import (
     read_limited,
     resolve_secret,
 )
-from schemas import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
+from intake_adapters.wechat.protocol import (
+    WeChatCrypto,
+    WeChatPush,
+    check_signature,
+    parse_push,
+    render_text_reply,
+    to_push,
+)
+from intake_schemas import Attachment, Contact, FileNotKept, InboundMessage, ThreadHints
 
 _ANSWERED = ("created", "duplicate", "replayed")
 """Outcomes answered with the acknowledgement; a follow-up gets no reply, as in the outbox."""

@@ -39,7 +39,7 @@ from gateway.errors import ConfigError
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from schemas import Acknowledgement, Attachment, InboundMessage, Outcome, Receipt
+    from intake_schemas import Acknowledgement, Attachment, InboundMessage, Outcome, Receipt
 
 
 ADAPTER_GROUP = "intake_gateway.adapters"

@@ -18,7 +18,7 @@ import aiohttp
 import msgspec
 
 from gateway.errors import ConfigError, TooLarge
-from schemas import FileNotKept
+from intake_schemas import FileNotKept
 
 NotKeptReason = Literal["too_large", "too_many", "type", "unavailable"]
 

@@ -21,7 +21,7 @@ from gateway.files import make_private
 from gateway.ids import new_id
 from gateway.plugin.contract import OutboundEvent
 from gateway.store.protocols import DeadLetter, DueAck, NewEvent
-from schemas import ContactView
+from intake_schemas import ContactView
 
 T = TypeVar("T")
 

@@ -44,7 +44,7 @@ from gateway.config import QueueConfig
 from gateway.errors import TransientError
 from gateway.plugin import PUBLISHER_GROUP, OutboundEvent, Publisher
 from gateway.testing.harness import running_gateway
-from schemas.events import (
+from intake_schemas.events import (
     AckSent,
     AckSentData,
     ContactView,
@@ -55,7 +55,7 @@ from schemas.events import (
     TicketCreatedData,
     TicketView,
 )
-from schemas.message import Priority
+from intake_schemas.message import Priority
 
 __all__ = [
     "BUILTIN_HARNESSES",

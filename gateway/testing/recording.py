@@ -25,7 +25,7 @@ from gateway.acks import render_ack
 from gateway.numbering import NumberingConfig, TicketNumbering
 from gateway.plugin import INLINE_REPLY, AdapterContext, IntakeLimits, Reply
 from gateway.sla import BusinessCalendar, CalendarConfig, format_due
-from schemas import Acknowledgement, Attachment, InboundMessage, Outcome, Receipt
+from intake_schemas import Acknowledgement, Attachment, InboundMessage, Outcome, Receipt
 
 __all__ = ["MemoryState", "RecordingIntake", "Submitted", "context"]
 

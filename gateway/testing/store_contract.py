@@ -25,7 +25,7 @@ from gateway.decision import OutboxAck, SubmissionPlan, TicketRow
 from gateway.store.protocols import NewEvent, StoreTx
 from gateway.store.sqlite import SqliteStore
 from gateway.triage import TriageResult
-from schemas import Contact, InboundMessage
+from intake_schemas import Contact, InboundMessage
 
 __all__ = [
     "STORES",

@@ -29,8 +29,8 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from adapters.twilio.protocol import Params, compute_twilio_signature, sms_segments
 from gateway.testing.fakes import Delivery, FakeServer, serve_body
+from intake_adapters.twilio.protocol import Params, compute_twilio_signature, sms_segments
 
 __all__ = ["FakeTwilio", "MediaDownload", "SentSms", "WebhookResult", "signed_webhook"]
 

@@ -25,14 +25,14 @@ from typing import Literal, Self
 import aiohttp
 import msgspec
 
-from adapters.wechat.protocol import (
+from gateway.errors import RejectedInput
+from intake_adapters.wechat.protocol import (
     WeChatCrypto,
     compute_signature,
     parse_push,
     parse_push_xml,
     render_xml,
 )
-from gateway.errors import RejectedInput
 
 __all__ = ["FakeWeChat", "PushResult"]
 
