@@ -45,6 +45,8 @@ _facts = msgspec.json.Decoder(AckFacts)
 _encode = msgspec.json.Encoder().encode
 _BATCH = 50
 """Due rows read per round."""
+_IDLE_POLL = 2.0
+"""Seconds between looks at an outbox nothing woke us for (see ``_run``)."""
 
 
 class AckStore(AckOutbox, EventLog, Protocol):
@@ -68,7 +70,7 @@ class AckDispatcher:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.store.on_commit(lambda _seq: self._wake.set())
+        self.store.on_ack_queued(self._wake.set)
         self._wake.set()
         self._task = asyncio.create_task(self._run(), name="ack-dispatcher")
 
@@ -84,7 +86,10 @@ class AckDispatcher:
             if not rows:
                 self._wake.clear()
                 next_at = await self.store.next_ack_attempt()
-                timeout = None if next_at is None else max(0.05, next_at - time.time())
+                # Rows this process did not queue (another replica's, one replayed from the
+                # shell) wake nobody: look again at least every _IDLE_POLL seconds.
+                timeout = _IDLE_POLL if next_at is None else min(
+                    _IDLE_POLL, max(0.05, next_at - time.time()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue

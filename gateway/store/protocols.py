@@ -142,6 +142,14 @@ class AckOutbox(Protocol):
         """Acknowledgements sent to ``recipient`` on ``channel`` since epoch second ``since``."""
         ...
 
+    def on_ack_queued(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` on the event loop after each commit that queued an acknowledgement.
+
+        Only those commits: most tickets are answered inline and queue none, and waking the
+        dispatcher on every commit cost two store reads per ticket for nothing.
+        """
+        ...
+
 
 class EventLog(Protocol):
     """The event outbox: committed events in sequence order."""

@@ -130,6 +130,7 @@ class SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.max_event_seq = 0
+        self.acks_queued = 0
 
     def find_receipt(self, delivery_key: str) -> StoredReceipt | None:
         row = self.conn.execute(
@@ -289,6 +290,7 @@ class SqliteTx:
             "INSERT INTO acks(ticket_id, message_uid, channel, recipient, reply_to, payload,"
             " next_attempt_at) VALUES (?,?,?,?,?,?,?)",
             (ticket_id, message_uid, ack.channel, ack.to, ack.reply_to, payload, 0))
+        self.acks_queued += 1
 
     def append_event(self, *, event_id: str, type_: str, subject: str, priority: str | None,
                      body: bytes, escalated: bool = False) -> int:
@@ -443,6 +445,7 @@ class SqliteStore:
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._commit_listeners: list[Callable[[int], None]] = []
+        self._ack_listeners: list[Callable[[], None]] = []
         self.commits = 0
         self.ops = 0
         self.last_seq = 0
@@ -482,6 +485,10 @@ class SqliteStore:
                     self._reader.close()
                     self._reader = None
         await asyncio.to_thread(close_reader)
+
+    def on_ack_queued(self, listener: Callable[[], None]) -> None:
+        """See :meth:`gateway.store.protocols.AckOutbox.on_ack_queued`."""
+        self._ack_listeners.append(listener)
 
     def on_commit(self, listener: Callable[[int], None]) -> None:
         """Call ``listener(last_event_seq)`` on the event loop after commits that added events."""
@@ -548,6 +555,7 @@ class SqliteStore:
                       batch: list[_Op]) -> list[tuple[bool, Any]]:
         results: list[tuple[bool, Any]] = []
         tx.max_event_seq = 0
+        tx.acks_queued = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -575,6 +583,9 @@ class SqliteStore:
             loop = batch[0].loop
             for listener in self._commit_listeners:
                 loop.call_soon_threadsafe(listener, seq)
+        if tx.acks_queued:
+            for ack_listener in self._ack_listeners:
+                batch[0].loop.call_soon_threadsafe(ack_listener)
         return results
 
     async def first_use(self, scope: str, key: str, *, ttl: float) -> bool:

@@ -39,6 +39,7 @@ __all__ = [
     "test_dead_letters_hold_their_ticket_until_removed",
     "test_event_log_is_in_commit_order_and_wakes_listeners",
     "test_event_reader_keeps_named_consumer_positions",
+    "test_only_a_commit_that_queues_an_ack_wakes_the_ack_listeners",
     "test_relay_positions_are_durable_per_relay",
     "test_replay_guard_refuses_a_key_until_it_expires",
     "test_replay_guard_survives_a_restart",
@@ -220,6 +221,25 @@ async def test_ack_outbox_due_retry_and_finish(store_factory: StoreFactory) -> N
     again = await store_factory()
     assert await again.due_acks(50, later + 1) == [], "settled rows stay settled"
     assert await again.acks_sent_since("email", "b@example.org", now - 60) == 1
+
+
+async def test_only_a_commit_that_queues_an_ack_wakes_the_ack_listeners(
+        store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    acks: list[None] = []
+    events: list[int] = []
+    store.on_ack_queued(lambda: acks.append(None))
+    store.on_commit(events.append)
+    await _append(store, _event(1, "T-1"))
+    await _ticket_with_acks(store, "T-2", ["a@example.org"])
+    await _append(store, _event(2, "T-1"))
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(events) < 2:  # commit listeners run in commit order: ours ran before the last
+        assert asyncio.get_running_loop().time() < deadline, events
+        await asyncio.sleep(0.01)
+    await store.run(lambda tx: None)  # one more round-trip: every callback queued has run
+    assert acks == [None], "woken once, by the commit that queued an acknowledgement"
+    await store.close()
 
 
 async def test_sending_without_a_ticket_writes_no_ack_reference(
