@@ -83,12 +83,17 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def _check(config: Config, args: argparse.Namespace) -> int:
+    from gateway.plugin.settings import collecting_missing_secrets
     from gateway.runtime import Gateway
 
-    gw = Gateway(config, args.data_dir)
+    with collecting_missing_secrets() as missing:
+        gw = Gateway(config, args.data_dir)
     kinds = ", ".join(a.kind for a in gw.adapters) or "none"
     print(f"config OK: listen {gw.listen}, store {config.store.backend}, "
           f"queue {config.queue.backend}, adapters: {kinds}")
+    for key, env in missing:
+        # The file is right; what `serve` still needs from the deployment.
+        print(f"to set before serve: ${env} ({key}; or {key}_file)")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
@@ -25,6 +26,7 @@ from gateway.errors import ConfigError, StorageFull, TransientError
 from gateway.files import make_private_dir, make_private_tree, probe_disk
 from gateway.http import CoreRoutes, GatedSite, create_app
 from gateway.intake import IntakeService
+from gateway.landing import announce, landing_routes, useful_links
 from gateway.logs import install_log_guards
 from gateway.plugin import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterBase, AdapterContext
 from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
@@ -107,6 +109,7 @@ class Gateway:
         self.waiters = EventWaiters(0)
         self.relay: EventRelay | None = None
         self._runner: web.AppRunner | None = None
+        self.app: web.Application | None = None
         server = config.server
         self.http_gate = ConnectionGate("http", total=server.max_connections,
                                         per_peer=server.max_connections_per_peer,
@@ -173,13 +176,34 @@ class Gateway:
                        events_token=self.events_token, readiness=self.readiness,
                        body_timeout=self.config.server.body_timeout,
                        max_body_bytes=self.config.server.max_body_bytes),
-            [route for adapter in self.adapters for route in adapter.routes()])
+            [route for adapter in self.adapters for route in adapter.routes()]
+            + self.operator_routes())
+        self.app = app
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=self.config.server.idle_timeout)
         await self._runner.setup()
         site = GatedSite(self._runner, self.host, self.port, gate=self.http_gate)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                # One line, not a traceback: the commonest first-run failure.
+                raise ConfigError(
+                    f"{self.listen} is already in use (another gateway still running?): stop "
+                    f"it, or choose another port, e.g. --listen {self.host}:{self.port + 1} "
+                    f"(make run ARGS='--listen {self.host}:{self.port + 1}')") from None
+            raise
         log.info("listening on %s (data in %s)", self.url, self.data_dir)
+
+    @property
+    def form_path(self) -> str | None:
+        """The web form's path when that adapter is enabled."""
+        form = self.adapter_configs.get("webform")
+        return str(form.path) if form is not None and form.enabled else None
+
+    def operator_routes(self) -> list[web.AbstractRouteDef]:
+        """Routes of the core's own pages: ``/``."""
+        return landing_routes(loopback=is_loopback(self.host), form_path=self.form_path)
 
     def _check_open_file_limit(self) -> None:
         soft, _hard = raise_open_file_limit()
@@ -248,7 +272,13 @@ async def serve(gw: Gateway) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await gw.start()
+    try:
+        await gw.start()
+    except BaseException:
+        await gw.stop()  # the store and adapters opened before the failure close again
+        raise
+    if gw.app is not None:
+        announce(gw.url, useful_links(gw.app, gw.form_path))
     try:
         await stop.wait()
     finally:
