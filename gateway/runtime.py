@@ -19,9 +19,12 @@ from gateway.config import (
     Config,
     convert_section,
     is_loopback,
+    parse_duration,
     resolve_secret,
     split_listen,
 )
+from gateway.dashboard import Dashboard
+from gateway.dashboard.actions import replay_dead_letters_now
 from gateway.errors import ConfigError, StorageFull, TransientError
 from gateway.files import make_private_dir, make_private_tree, probe_disk
 from gateway.http import CoreRoutes, GatedSite, create_app
@@ -33,6 +36,7 @@ from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
+from gateway.store.dashboard_sql import SqliteDashboardReads
 from gateway.store.sqlite import STORE_FILE, SqliteStore
 
 log = logging.getLogger("intake")
@@ -110,6 +114,7 @@ class Gateway:
         self.relay: EventRelay | None = None
         self._runner: web.AppRunner | None = None
         self.app: web.Application | None = None
+        self.dashboard = self._build_dashboard()
         server = config.server
         self.http_gate = ConnectionGate("http", total=server.max_connections,
                                         per_peer=server.max_connections_per_peer,
@@ -202,8 +207,32 @@ class Gateway:
         return str(form.path) if form is not None and form.enabled else None
 
     def operator_routes(self) -> list[web.AbstractRouteDef]:
-        """Routes of the core's own pages: ``/``."""
-        return landing_routes(loopback=is_loopback(self.host), form_path=self.form_path)
+        """Routes of the core's own pages: ``/`` and the dashboard."""
+        routes = landing_routes(loopback=is_loopback(self.host), form_path=self.form_path)
+        if self.dashboard is not None:
+            routes += self.dashboard.routes()
+        return routes
+
+    def _build_dashboard(self) -> Dashboard | None:
+        cfg = self.config.dashboard
+        if not cfg.enabled:
+            return None
+        if not cfg.path.startswith("/") or cfg.path.rstrip("/") in ("", "/form", "/v1"):
+            raise ConfigError("dashboard.path must start with '/' and be a path of its own")
+        token = resolve_secret(cfg.token_env, cfg.token_file, key="dashboard.token")
+        if token is None and not is_loopback(self.host):
+            # Customer data behind no lock on an open listener: not served at all.
+            log.warning("dashboard not served: %s is not loopback and no dashboard.token_env "
+                        "(or _file) is set", self.listen)
+            return None
+        return Dashboard(
+            cfg, reads=SqliteDashboardReads(self.store), letters=self.store,
+            adapters=self.adapters, relay_backend=self.config.queue.backend,
+            relay_active=self.publisher.relay_needed,
+            replay_dead_letters=lambda: replay_dead_letters_now(self.store, self.config),
+            token=token, secure_cookie=self.public_url.startswith("https://"),
+            at_risk_within=parse_duration(cfg.at_risk_within,
+                                          key="dashboard.at_risk_within").total_seconds())
 
     def _check_open_file_limit(self) -> None:
         soft, _hard = raise_open_file_limit()

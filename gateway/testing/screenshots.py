@@ -55,6 +55,17 @@ class Image:
                    and abs(b - b0) <= tolerance)
         return near / max(1, len(self.pixels))
 
+    def crop(self, x: int, y: int, width: int, height: int) -> Image:
+        """The rectangle at (x, y) (clipped to the image)."""
+        x0, y0 = max(0, x), max(0, y)
+        x1, y1 = min(self.width, x + width), min(self.height, y + height)
+        rows = [self.pixels[r * self.width + x0:r * self.width + x1] for r in range(y0, y1)]
+        return Image(max(0, x1 - x0), max(0, y1 - y0), [p for row in rows for p in row])
+
+    def saturated_share(self, spread: int = 80) -> float:
+        """The fraction of clearly coloured pixels (not white, grey or black): chart ink."""
+        return sum(1 for p in self.pixels if max(p) - min(p) >= spread) / max(1, len(self.pixels))
+
     def distinct_colours(self) -> int:
         return len(set(self.pixels))
 
