@@ -31,6 +31,7 @@ from gateway.http import CoreRoutes, GatedSite, create_app
 from gateway.intake import IntakeService
 from gateway.landing import announce, landing_routes, useful_links
 from gateway.logs import install_log_guards
+from gateway.observability import ScrapeGauges, declare_channels
 from gateway.plugin import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterBase, AdapterContext
 from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
@@ -115,6 +116,14 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self.app: web.Application | None = None
         self.dashboard = self._build_dashboard()
+        declare_channels(a.kind for a in self.adapters if a.receives)
+        self.scrape_gauges = ScrapeGauges(
+            SqliteDashboardReads(self.store), self.store, publisher=config.queue.backend,
+            relay_active=self.publisher.relay_needed,
+            at_risk_within=parse_duration(config.dashboard.at_risk_within,
+                                          key="dashboard.at_risk_within").total_seconds(),
+            readiness=self.readiness,
+            checks=["store", "disk", "relay", *(a.kind for a in self.adapters)])
         server = config.server
         self.http_gate = ConnectionGate("http", total=server.max_connections,
                                         per_peer=server.max_connections_per_peer,
@@ -180,7 +189,8 @@ class Gateway:
             CoreRoutes(events=self.store, waiters=self.waiters, attachments=self.attachments,
                        events_token=self.events_token, readiness=self.readiness,
                        body_timeout=self.config.server.body_timeout,
-                       max_body_bytes=self.config.server.max_body_bytes),
+                       max_body_bytes=self.config.server.max_body_bytes,
+                       before_metrics=self.scrape_gauges.refresh),
             [route for adapter in self.adapters for route in adapter.routes()]
             + self.operator_routes())
         self.app = app

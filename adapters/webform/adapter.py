@@ -96,7 +96,7 @@ class ClientRateLimiter(TokenBuckets):
 
     def __init__(self, rate: int, window: float, *, max_clients: int = 50_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(rate, window, max_keys=max_clients, clock=clock)
+        super().__init__(rate, window, max_keys=max_clients, clock=clock, name="webform")
 
 
 def client_key(request: web.Request, *, trust_forwarded_for: bool) -> str:

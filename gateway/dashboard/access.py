@@ -39,7 +39,7 @@ class DashboardAccess:
         self.secure_cookie = secure_cookie
         self._sessions: dict[str, float] = {}
         self._csrf_key = secrets.token_bytes(32)
-        self.login_limiter = TokenBuckets(10, 60.0, max_keys=10_000)
+        self.login_limiter = TokenBuckets(10, 60.0, max_keys=10_000, name="dashboard_login")
 
     def who(self, request: web.Request) -> str | None:
         """The session key of an allowed request, or None (sign in first)."""
