@@ -22,13 +22,16 @@ _PAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def useful_links(app: web.Application, form_path: str | None) -> list[tuple[str, str]]:
+def useful_links(app: web.Application, form_path: str | None,
+                 dashboard_path: str = "/dashboard") -> list[tuple[str, str]]:
     """(label, path) of the pages that matter, only those ``app`` really serves."""
     served = {resource.canonical for resource in app.router.resources()}
     links: list[tuple[str, str]] = []
     if form_path and form_path in served:
         links.append(("web form", form_path))
-    for label, paths in _PAGES:
+    pages = [(label, (dashboard_path,) if label == "dashboard" else paths)
+             for label, paths in _PAGES]
+    for label, paths in pages:
         for path in paths:
             if path in served:
                 links.append((label, path))
@@ -60,7 +63,8 @@ li{{margin:.4rem 0}}code{{background:#f2f4f7;padding:0 .25rem}}</style></head>
 """
 
 
-def landing_routes(*, loopback: bool, form_path: str | None) -> list[web.AbstractRouteDef]:
+def landing_routes(*, loopback: bool, form_path: str | None,
+                   dashboard_path: str = "/dashboard") -> list[web.AbstractRouteDef]:
     """``GET /``: the links page on loopback; elsewhere a redirect to the form (or 404)."""
 
     async def landing(request: web.Request) -> web.StreamResponse:
@@ -68,7 +72,7 @@ def landing_routes(*, loopback: bool, form_path: str | None) -> list[web.Abstrac
             if form_path:
                 raise web.HTTPFound(form_path)
             raise web.HTTPNotFound()
-        links = useful_links(request.app, form_path)
+        links = useful_links(request.app, form_path, dashboard_path)
         items = "".join(f'<li><a href="{html.escape(path)}">{html.escape(label)}</a> '
                         f"<code>{html.escape(path)}</code></li>" for label, path in links)
         return web.Response(text=_PAGE.format(items=items), content_type="text/html",

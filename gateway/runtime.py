@@ -216,9 +216,14 @@ class Gateway:
         form = self.adapter_configs.get("webform")
         return str(form.path) if form is not None and form.enabled else None
 
+    @property
+    def dashboard_path(self) -> str:
+        return self.config.dashboard.path.rstrip("/") or "/dashboard"
+
     def operator_routes(self) -> list[web.AbstractRouteDef]:
         """Routes of the core's own pages: ``/`` and the dashboard."""
-        routes = landing_routes(loopback=is_loopback(self.host), form_path=self.form_path)
+        routes = landing_routes(loopback=is_loopback(self.host), form_path=self.form_path,
+                                dashboard_path=self.dashboard_path)
         if self.dashboard is not None:
             routes += self.dashboard.routes()
         return routes
@@ -241,6 +246,7 @@ class Gateway:
             relay_active=self.publisher.relay_needed,
             replay_dead_letters=lambda: replay_dead_letters_now(self.store, self.config),
             token=token, secure_cookie=self.public_url.startswith("https://"),
+            timezone=self.config.calendar.timezone,
             at_risk_within=parse_duration(cfg.at_risk_within,
                                           key="dashboard.at_risk_within").total_seconds())
 
@@ -317,7 +323,7 @@ async def serve(gw: Gateway) -> None:
         await gw.stop()  # the store and adapters opened before the failure close again
         raise
     if gw.app is not None:
-        announce(gw.url, useful_links(gw.app, gw.form_path))
+        announce(gw.url, useful_links(gw.app, gw.form_path, gw.dashboard_path))
     try:
         await stop.wait()
     finally:

@@ -32,7 +32,8 @@ class Dashboard:
     def __init__(self, config: DashboardConfig, *, reads: DashboardReads, letters: DeadLetters,
                  adapters: Sequence[AdapterBase], relay_backend: str, relay_active: bool,
                  replay_dead_letters: Callable[[], Awaitable[str]], token: str | None,
-                 secure_cookie: bool, at_risk_within: float) -> None:
+                 secure_cookie: bool, at_risk_within: float,
+                 timezone: str = "UTC") -> None:
         self.config = config
         self.path = config.path.rstrip("/")
         self.reads = reads
@@ -43,6 +44,8 @@ class Dashboard:
         self._replay_dead_letters = replay_dead_letters
         self.access = DashboardAccess(token, path=self.path, secure_cookie=secure_cookie)
         self.at_risk_within = at_risk_within
+        self.timezone = timezone
+        """Chart labels read in the business calendar's time zone (the team's clock)."""
         self.notes: deque[str] = deque(maxlen=5)
         """What the last button presses did, newest first."""
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES),
@@ -71,7 +74,8 @@ class Dashboard:
         return await take_snapshot(
             self.reads, self.letters, relay_backend=self.relay_backend,
             relay_active=self.relay_active, quarantine=self._quarantine,
-            at_risk_within=self.at_risk_within, repeat_min=self.config.repeat_min_duplicates)
+            at_risk_within=self.at_risk_within, repeat_min=self.config.repeat_min_duplicates,
+            timezone=self.timezone)
 
     def _charts(self, snap: Snapshot) -> dict[str, str]:
         return {

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -108,8 +109,8 @@ def _replayed_since_start() -> int:
 
 
 def _series(rows: Sequence[tuple[int, str, str, int]], buckets: int, start: int, step: int,
-            fmt: str) -> Series:
-    labels = [datetime.fromtimestamp((start + i * step) / 1e6, UTC).astimezone().strftime(fmt)
+            fmt: str, tz: ZoneInfo) -> Series:
+    labels = [datetime.fromtimestamp((start + i * step) / 1e6, tz).strftime(fmt)
               for i in range(buckets)]
     by_channel: dict[str, list[int]] = {}
     for bucket, channel, _outcome, n in rows:
@@ -120,17 +121,18 @@ def _series(rows: Sequence[tuple[int, str, str, int]], buckets: int, start: int,
 
 async def take_snapshot(reads: DashboardReads, letters: DeadLetters, *, relay_backend: str,
                         relay_active: bool, quarantine: Callable[[], Awaitable[list[Quarantined]]],
-                        at_risk_within: float, repeat_min: int,
+                        at_risk_within: float, repeat_min: int, timezone: str = "UTC",
                         now: float | None = None) -> Snapshot:
-    """Read everything the page shows, once."""
+    """Read everything the page shows, once; time labels in ``timezone``."""
+    tz = ZoneInfo(timezone)
     now_us = int((now if now is not None else time.time()) * 1_000_000)
     hour_step, day_step = 5 * 60_000_000, HOUR
     hour_start = now_us - now_us % hour_step - 11 * hour_step
     day_start = now_us - now_us % day_step - 23 * day_step
     hour = _series(await reads.intake_counts(hour_start, hour_step), 12, hour_start, hour_step,
-                   "%H:%M")
+                   "%H:%M", tz)
     day_rows = await reads.intake_counts(day_start, day_step)
-    day = _series(day_rows, 24, day_start, day_step, "%H:00")
+    day = _series(day_rows, 24, day_start, day_step, "%H:00", tz)
     outcomes = dict.fromkeys(OUTCOMES, 0)
     for _b, _ch, outcome, n in day_rows:
         outcomes[outcome] = outcomes.get(outcome, 0) + n
