@@ -196,6 +196,7 @@ def test_serve_prints_the_urls_that_matter_once_listening(tmp_path: Path) -> Non
         base = f"http://127.0.0.1:{port}"
         assert f"intake-gateway is listening on {base}" in text, text
         assert f"web form   {base}/form" in text
+        assert f"dashboard  {base}/dashboard" in text
         assert f"{base}/metrics" in text
         assert f"{base}/readyz" in text
     finally:
@@ -209,9 +210,9 @@ async def test_root_on_loopback_lists_the_pages(make_gateway: MakeGateway,
     async with http.get(f"{gw.url}/") as resp:
         assert resp.status == 200
         page = await resp.text()
-    assert 'href="/form"' in page and 'href="/metrics"' in page
+    assert 'href="/form"' in page and 'href="/metrics"' in page and 'href="/dashboard"' in page
     # Every link it shows answers (none leads to a 404).
-    for path in ("/form", "/metrics", "/readyz"):
+    for path in ("/form", "/metrics", "/readyz", "/dashboard"):
         async with http.get(f"{gw.url}{path}") as resp:
             assert resp.status == 200, path
 
