@@ -216,3 +216,15 @@ async def test_the_replay_button_takes_quarantined_mail(make_gateway: MakeGatewa
         data = await resp.json()
     assert [q["id"] for q in data["quarantined"]] == ["support/7-43"]
     assert data["outcomes"]["created"] == 1
+
+
+async def test_the_token_may_come_from_a_file(make_gateway: MakeGateway, tmp_path: Path,
+                                              http: aiohttp.ClientSession) -> None:
+    secret = tmp_path / "dashboard_token"
+    secret.write_text("token-from-a-file\n")
+    gw = await make_gateway(f'[dashboard]\ntoken_file = "{secret}"\n')
+    async with http.get(f"{gw.url}/dashboard/data.json") as resp:
+        assert resp.status == 401
+    async with http.get(f"{gw.url}/dashboard/data.json",
+                        headers={"Authorization": "Bearer token-from-a-file"}) as resp:
+        assert resp.status == 200

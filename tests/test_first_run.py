@@ -103,6 +103,8 @@ def test_half_made_venv_is_made_again(tmp_path: Path) -> None:
     res = _make(tree, ".venv/.installed", f"PYTHON={REAL_PYTHON}")
     assert res.returncode == 0, res.stderr
     assert "half-made" in res.stderr
+    # Progress, one step per pinned package, instead of a silent minute.
+    assert "installing 1 pinned packages" in res.stderr and "[1/1] setuptools" in res.stderr
     pip = subprocess.run([str(tree / ".venv/bin/python"), "-m", "pip", "--version"],
                          capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr
