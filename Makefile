@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lock bench lint
 
 run: $(STAMP)
-	$(VENV)/bin/intake-gateway serve $(ARGS)
+	@$(VENV)/bin/intake-gateway serve $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(ARGS)
@@ -21,16 +21,15 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/run_all.py $(ARGS)
 
-$(STAMP): requirements.lock pyproject.toml
-	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	# mypy reads adapters/ and schemas/ by their import names (pyproject.toml, [tool.mypy]).
-	mkdir -p $(VENV)/import-names
-	ln -sfn ../../adapters $(VENV)/import-names/intake_adapters
-	ln -sfn ../../schemas $(VENV)/import-names/intake_schemas
-	touch $(STAMP)
+$(STAMP): requirements.lock pyproject.toml scripts/make_venv.py
+	@# Checks the Python (3.11+, able to make a venv), repairs a half-made .venv, installs the
+	@# lock with progress; each problem ends in one line saying what to install or run.
+	@$(PYTHON) scripts/make_venv.py --python $(PYTHON) --venv $(VENV) --lock requirements.lock
+	@# mypy reads adapters/ and schemas/ by their import names (pyproject.toml, [tool.mypy]).
+	@mkdir -p $(VENV)/import-names
+	@ln -sfn ../../adapters $(VENV)/import-names/intake_adapters
+	@ln -sfn ../../schemas $(VENV)/import-names/intake_schemas
+	@touch $(STAMP)
 
 # Re-pin after changing dependencies in pyproject.toml (needs uv: pip install uv).
 lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +14,7 @@ import msgspec
 
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, TransientError
+from gateway.jsonlog import configure_logging
 from gateway.logs import install_log_guards
 
 if TYPE_CHECKING:
@@ -27,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", metavar="FILE", help="TOML config (default: built-in defaults)")
     common.add_argument("--data-dir", metavar="DIR", default=DEFAULT_DATA_DIR,
                         help=f"where the store and attachments live (default {DEFAULT_DATA_DIR})")
+    common.add_argument("--log-format", choices=("auto", "json", "text"),
+                        default=os.environ.get("INTAKE_LOG_FORMAT", "auto"),
+                        help="log lines as JSON or text (default auto: text on a terminal, "
+                             "JSON otherwise; or $INTAKE_LOG_FORMAT)")
     p = argparse.ArgumentParser(prog="intake-gateway", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", parents=[common], help="run the gateway")
@@ -50,8 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_format)
     # Before any secret is read or any library logs: redaction, quiet libraries, throttling.
     install_log_guards()
     try:
@@ -83,12 +87,17 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def _check(config: Config, args: argparse.Namespace) -> int:
+    from gateway.plugin.settings import collecting_missing_secrets
     from gateway.runtime import Gateway
 
-    gw = Gateway(config, args.data_dir)
+    with collecting_missing_secrets() as missing:
+        gw = Gateway(config, args.data_dir)
     kinds = ", ".join(a.kind for a in gw.adapters) or "none"
     print(f"config OK: listen {gw.listen}, store {config.store.backend}, "
           f"queue {config.queue.backend}, adapters: {kinds}")
+    for key, env in missing:
+        # The file is right; what `serve` still needs from the deployment.
+        print(f"to set before serve: ${env} ({key}; or {key}_file)")
     return 0
 
 

@@ -141,6 +141,24 @@ class AckPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     so their status updates share a group commit instead of waiting for one fsync each."""
 
 
+class DashboardConfig(_Section, frozen=True):
+    """``[dashboard]``: the operators' dashboard (``gateway/dashboard/``)."""
+
+    enabled: bool = True
+    path: str = "/dashboard"
+    token_env: str | None = None
+    """Environment variable holding the dashboard's token (or password): given as
+    ``Authorization: Bearer`` or typed once into its login page. Without one the dashboard is
+    served only on a loopback listener, and only to requests naming a loopback host."""
+    token_file: str | None = None
+    refresh: float = 5.0
+    """Seconds between the page's live updates."""
+    at_risk_within: str = "1h"
+    """Open tickets due within this (or already overdue) are listed as at risk."""
+    repeat_min_duplicates: int = 2
+    """Contacts with at least this many duplicates in the last 7 days are repeat complainers."""
+
+
 class Config(_Section, frozen=True):
     """The root of ``gateway.toml``; every key is documented in ``deploy/gateway.example.toml``."""
 
@@ -154,6 +172,7 @@ class Config(_Section, frozen=True):
     triage: TriageConfig = TriageConfig()
     queue: QueueConfig = QueueConfig()
     acks: AckPolicy = AckPolicy()
+    dashboard: DashboardConfig = DashboardConfig()
     adapters: dict[str, dict[str, Any]] = {}
     """``[adapters.<kind>]`` tables, one per adapter; each has at least ``enabled``."""
 

@@ -73,6 +73,8 @@ class SubmissionPlan(msgspec.Struct, frozen=True, kw_only=True):
     """Budget of the event's inline words (``intake.event_inline_bytes``, gateway/inline.py)."""
     public_url: str = ""
     """The gateway's public base URL, for the event's ``body_url``; empty for none."""
+    correlation_id: str | None = None
+    """The submission's correlation id (gateway/correlation.py), written into its event."""
     owner_routes: list[tuple[str, str, OutboxAck]] = []
     """For claims: ``(identity kind, value, ack)`` routes by which a ticket's owner can be told
     of a follow-up. A claimed follow-up joins a ticket only through a route to an identity that
@@ -267,7 +269,8 @@ def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) 
         tx.insert_message(plan=plan, ticket_id=ticket.id, contact_id=contact_id, receipt=receipt)
         tx.touch_ticket(ticket.id, now)
         event = MessageAdded(
-            id=new_id(), source=plan.event_source, subject=ticket.number, time=now,
+            id=new_id(), source=plan.event_source, correlationid=plan.correlation_id,
+            subject=ticket.number, time=now,
             priority=ticket.priority,
             data=MessageAddedData(ticket=_ticket_view(ticket), contact=contact, message=view,
                                   matched_by=matched_by),
@@ -281,7 +284,8 @@ def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) 
     receipt = _receipt("created", ticket, plan)
     tx.insert_message(plan=plan, ticket_id=ticket.id, contact_id=contact_id, receipt=receipt)
     created = TicketCreated(
-        id=new_id(), source=plan.event_source, subject=number, time=now,
+        id=new_id(), source=plan.event_source, correlationid=plan.correlation_id,
+        subject=number, time=now,
         priority=ticket.priority,
         data=TicketCreatedData(ticket=_ticket_view(ticket), contact=contact, message=view,
                                acknowledged_inline=plan.inline_ack and receipt.acknowledge,
@@ -298,7 +302,8 @@ def _automated(tx: Tx, plan: SubmissionPlan, contact: ContactView, contact_id: i
                             acknowledge=False)
     tx.insert_message(plan=plan, ticket_id=None, contact_id=contact_id, receipt=receipt)
     event = MessageAutomated(
-        id=new_id(), source=plan.event_source, subject=contact.id,
+        id=new_id(), source=plan.event_source, correlationid=plan.correlation_id,
+        subject=contact.id,
         time=plan.message.received_at,
         data=MessageAutomatedData(contact=contact, message=view,
                                   mail_class=plan.message.metadata.get("mail_class")))
@@ -318,7 +323,8 @@ def _duplicate(tx: Tx, plan: SubmissionPlan, contact: ContactView, contact_id: i
     receipt = _receipt("duplicate", ticket, plan)
     tx.insert_message(plan=plan, ticket_id=ticket.id, contact_id=contact_id, receipt=receipt)
     dup = DuplicateReceived(
-        id=new_id(), source=plan.event_source, subject=ticket.number,
+        id=new_id(), source=plan.event_source, correlationid=plan.correlation_id,
+        subject=ticket.number,
         time=plan.message.received_at, priority=ticket.priority,
         data=DuplicateReceivedData(ticket=_ticket_view(ticket), contact=contact, message=view,
                                    first_message_id=first_uid),

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
 
 from gateway.attachments import AttachmentStore
+from gateway.correlation import correlation_middleware
 from gateway.errors import (
     RateLimited,
     RejectedInput,
@@ -94,6 +95,8 @@ class CoreRoutes(msgspec.Struct, frozen=True, kw_only=True):
     """The replica's readiness checks, by name (``/readyz``)."""
     body_timeout: float
     max_body_bytes: int
+    before_metrics: Callable[[], Awaitable[None]] | None = None
+    """Refreshes the gauges read from the store (gateway/observability.py) before a scrape."""
 
 
 class EventFeed(Protocol):
@@ -117,7 +120,8 @@ def create_app(core: CoreRoutes,
                adapter_routes: Iterable[web.AbstractRouteDef]) -> web.Application:
     """The one application: health, readiness, metrics, the event feed, the by-reference
     message routes, and the routes of every enabled adapter."""
-    app = web.Application(middlewares=[body_deadline(core.body_timeout), errors_middleware],
+    app = web.Application(middlewares=[correlation_middleware(), body_deadline(core.body_timeout),
+                                       errors_middleware],
                           client_max_size=core.max_body_bytes)
     app[CORE] = core
     app.router.add_get("/healthz", healthz)
@@ -266,7 +270,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    LAST_EVENT_SEQ.set(request.app[CORE].events.last_seq)
+    core = request.app[CORE]
+    LAST_EVENT_SEQ.set(core.events.last_seq)
+    if core.before_metrics is not None:
+        await core.before_metrics()
     resp = web.Response(body=generate_latest(REGISTRY))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return resp

@@ -9,6 +9,7 @@ transaction is durable.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from prometheus_client import Counter, Histogram
 from gateway.acks import pick_locale, render_ack
 from gateway.attachments import AttachmentStore
 from gateway.config import Config, parse_duration
+from gateway.correlation import bind, current_correlation_id, new_correlation_id, unbind
 from gateway.decision import (
     OutboxAck,
     StoredReceipt,
@@ -48,6 +50,8 @@ from intake_schemas import (
     Outcome,
     Receipt,
 )
+
+log = logging.getLogger("intake.submit")
 
 SUBMITTED = Counter("intake_messages_total", "Messages submitted, by channel and outcome",
                     ["channel", "outcome"])
@@ -135,6 +139,13 @@ class IntakeService:
 
     async def submit(self, message: InboundMessage, *, reply: Reply = INLINE) -> Receipt:
         """See :meth:`gateway.plugin.Intake.submit`."""
+        if current_correlation_id() is None:
+            # Work that did not come over HTTP (SMTP, IMAP): its own id, for its logs and event.
+            token = bind(new_correlation_id())
+            try:
+                return await self.submit(message, reply=reply)
+            finally:
+                unbind(token)
         ack_via = reply if isinstance(reply, Outbox) else None
         inline_reaches_phone = isinstance(reply, InlineOnPhone)
         unreachable = isinstance(reply, Nobody)
@@ -151,6 +162,9 @@ class IntakeService:
         outcome = "replayed" if stored.message_uid != plan.message_uid else stored.outcome
         SUBMITTED.labels(message.channel, outcome).inc()
         SUBMIT_SECONDS.observe(time.perf_counter() - started)
+        # One line per message, with the correlation id (gateway/jsonlog.py); never who or what.
+        log.info("submitted: channel=%s outcome=%s ticket=%s", message.channel, outcome,
+                 stored.ticket_number or "-")
         return self.receipt(stored, outcome=outcome, locale=message.locale,
                             not_kept=message.files_not_kept)
 
@@ -227,6 +241,7 @@ class IntakeService:
                     owner_routes.append((kind, value, OutboxAck(channel=channel, to=value)))
         local_day = received.astimezone(self.calendar.tz).date()
         return SubmissionPlan(
+            correlation_id=current_correlation_id(),
             message=m,
             message_uid=new_id(),
             delivery_key=delivery_key,

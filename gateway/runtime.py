@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
@@ -18,19 +19,25 @@ from gateway.config import (
     Config,
     convert_section,
     is_loopback,
+    parse_duration,
     resolve_secret,
     split_listen,
 )
+from gateway.dashboard import Dashboard
+from gateway.dashboard.actions import replay_dead_letters_now
 from gateway.errors import ConfigError, StorageFull, TransientError
 from gateway.files import make_private_dir, make_private_tree, probe_disk
 from gateway.http import CoreRoutes, GatedSite, create_app
 from gateway.intake import IntakeService
+from gateway.landing import announce, landing_routes, useful_links
 from gateway.logs import install_log_guards
+from gateway.observability import ScrapeGauges, declare_channels
 from gateway.plugin import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterBase, AdapterContext
 from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
+from gateway.store.dashboard_sql import SqliteDashboardReads
 from gateway.store.sqlite import STORE_FILE, SqliteStore
 
 log = logging.getLogger("intake")
@@ -107,6 +114,16 @@ class Gateway:
         self.waiters = EventWaiters(0)
         self.relay: EventRelay | None = None
         self._runner: web.AppRunner | None = None
+        self.app: web.Application | None = None
+        self.dashboard = self._build_dashboard()
+        declare_channels(a.kind for a in self.adapters if a.receives)
+        self.scrape_gauges = ScrapeGauges(
+            SqliteDashboardReads(self.store), self.store, publisher=config.queue.backend,
+            relay_active=self.publisher.relay_needed,
+            at_risk_within=parse_duration(config.dashboard.at_risk_within,
+                                          key="dashboard.at_risk_within").total_seconds(),
+            readiness=self.readiness,
+            checks=["store", "disk", "relay", *(a.kind for a in self.adapters)])
         server = config.server
         self.http_gate = ConnectionGate("http", total=server.max_connections,
                                         per_peer=server.max_connections_per_peer,
@@ -172,14 +189,66 @@ class Gateway:
             CoreRoutes(events=self.store, waiters=self.waiters, attachments=self.attachments,
                        events_token=self.events_token, readiness=self.readiness,
                        body_timeout=self.config.server.body_timeout,
-                       max_body_bytes=self.config.server.max_body_bytes),
-            [route for adapter in self.adapters for route in adapter.routes()])
+                       max_body_bytes=self.config.server.max_body_bytes,
+                       before_metrics=self.scrape_gauges.refresh),
+            [route for adapter in self.adapters for route in adapter.routes()]
+            + self.operator_routes())
+        self.app = app
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=self.config.server.idle_timeout)
         await self._runner.setup()
         site = GatedSite(self._runner, self.host, self.port, gate=self.http_gate)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                # One line, not a traceback: the commonest first-run failure.
+                raise ConfigError(
+                    f"{self.listen} is already in use (another gateway still running?): stop "
+                    f"it, or choose another port, e.g. --listen {self.host}:{self.port + 1} "
+                    f"(make run ARGS='--listen {self.host}:{self.port + 1}')") from None
+            raise
         log.info("listening on %s (data in %s)", self.url, self.data_dir)
+
+    @property
+    def form_path(self) -> str | None:
+        """The web form's path when that adapter is enabled."""
+        form = self.adapter_configs.get("webform")
+        return str(form.path) if form is not None and form.enabled else None
+
+    @property
+    def dashboard_path(self) -> str:
+        return self.config.dashboard.path.rstrip("/") or "/dashboard"
+
+    def operator_routes(self) -> list[web.AbstractRouteDef]:
+        """Routes of the core's own pages: ``/`` and the dashboard."""
+        routes = landing_routes(loopback=is_loopback(self.host), form_path=self.form_path,
+                                dashboard_path=self.dashboard_path)
+        if self.dashboard is not None:
+            routes += self.dashboard.routes()
+        return routes
+
+    def _build_dashboard(self) -> Dashboard | None:
+        cfg = self.config.dashboard
+        if not cfg.enabled:
+            return None
+        if not cfg.path.startswith("/") or cfg.path.rstrip("/") in ("", "/form", "/v1"):
+            raise ConfigError("dashboard.path must start with '/' and be a path of its own")
+        token = resolve_secret(cfg.token_env, cfg.token_file, key="dashboard.token")
+        if token is None and not is_loopback(self.host):
+            # Customer data behind no lock on an open listener: not served at all.
+            log.warning("dashboard not served: %s is not loopback and no dashboard.token_env "
+                        "(or _file) is set", self.listen)
+            return None
+        return Dashboard(
+            cfg, reads=SqliteDashboardReads(self.store), letters=self.store,
+            adapters=self.adapters, relay_backend=self.config.queue.backend,
+            relay_active=self.publisher.relay_needed,
+            replay_dead_letters=lambda: replay_dead_letters_now(self.store, self.config),
+            token=token, secure_cookie=self.public_url.startswith("https://"),
+            timezone=self.config.calendar.timezone,
+            at_risk_within=parse_duration(cfg.at_risk_within,
+                                          key="dashboard.at_risk_within").total_seconds())
 
     def _check_open_file_limit(self) -> None:
         soft, _hard = raise_open_file_limit()
@@ -248,7 +317,13 @@ async def serve(gw: Gateway) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await gw.start()
+    try:
+        await gw.start()
+    except BaseException:
+        await gw.stop()  # the store and adapters opened before the failure close again
+        raise
+    if gw.app is not None:
+        announce(gw.url, useful_links(gw.app, gw.form_path, gw.dashboard_path))
     try:
         await stop.wait()
     finally:

@@ -143,6 +143,9 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     datacontenttype: Literal["application/json"] = "application/json"
     priority: Priority | None = None
     """Extension attribute: the ticket's priority, for routing (escalation subjects)."""
+    correlationid: str | None = None
+    """Extension attribute: the correlation id of the request or submission that wrote the
+    event, the same as ``correlation_id`` in the gateway's log lines (``X-Request-Id``)."""
 
 
 class TicketCreated(CloudEvent, frozen=True, kw_only=True, tag="ticket.created"):

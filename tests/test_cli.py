@@ -113,10 +113,13 @@ def test_unknown_adapter_key_names_the_adapter(tmp_path: Path) -> None:
     assert "adapters.api" in res.stderr and "secret" in res.stderr
 
 
-def test_missing_secret_variable_is_a_config_error(tmp_path: Path) -> None:
+def test_missing_secret_variable_is_reported_by_check_and_stops_serve(tmp_path: Path) -> None:
     conf = tmp_path / "g.toml"
     conf.write_text('[adapters.api]\nsecret_env = "NO_SUCH_VARIABLE_HERE"\n')
     res = cli("check-config", "--config", str(conf), "--data-dir", str(tmp_path))
+    # The file is valid; the variable is a step of the deployment still to do.
+    assert res.returncode == 0 and "to set before serve: $NO_SUCH_VARIABLE_HERE" in res.stdout
+    res = cli("serve", "--config", str(conf), "--data-dir", str(tmp_path))
     assert res.returncode == 2 and "NO_SUCH_VARIABLE_HERE" in res.stderr
 
 

@@ -506,6 +506,48 @@ class ImapAdapter(AdapterBase):
             await box.close()
             box.task = None
 
+    async def quarantined(self) -> list[tuple[str, str, str]]:
+        """Quarantined mail, oldest first: (``<mailbox dir>/<uidvalidity>-<uid>``, the mailbox,
+        the reason)."""
+        def scan() -> list[tuple[float, str, str, str]]:
+            found = []
+            if not self.quarantine_dir.is_dir():
+                return []
+            for reason in self.quarantine_dir.glob("*/*.reason"):
+                item = f"{reason.parent.name}/{reason.stem}"
+                text = reason.read_text(encoding="utf-8", errors="replace")[:300]
+                if not reason.with_suffix(".eml").exists():
+                    text += " (not fetched: cannot be replayed)"
+                found.append((reason.stat().st_mtime, item, reason.parent.name, text))
+            return sorted(found)[:200]
+        return [(item, where, why) for _t, item, where, why in await asyncio.to_thread(scan)]
+
+    async def replay_quarantined(self, item_id: str) -> str:
+        """Submit quarantined mail again; taken mail leaves the quarantine."""
+        match = re.fullmatch(r"([A-Za-z0-9._-]+)/(\d+-\d+)", item_id)
+        if match is None or match.group(1).startswith("."):
+            raise RejectedInput("no such quarantined message")
+        folder = self.quarantine_dir / match.group(1)
+        stem = match.group(2)
+        raw_path, reason_path = folder / f"{stem}.eml", folder / f"{stem}.reason"
+        if not reason_path.exists():
+            raise RejectedInput("no such quarantined message")
+        if not raw_path.exists():
+            return "still set aside: it was too large to fetch; raise max_message_bytes"
+        box = next((b for b in self.mailboxes if _safe(b.name) == match.group(1)), None)
+        raw = await asyncio.to_thread(raw_path.read_bytes)
+        try:
+            await self.submit_mail(raw, mailbox=box.name if box else match.group(1),
+                                   own=box.cfg.username if box else "")
+        except RejectedInput as exc:
+            await asyncio.to_thread(write_durably, reason_path,
+                                    exc.reason.encode("utf-8", "replace"))
+            return f"still refused: {exc.reason}"
+        raw_path.unlink(missing_ok=True)
+        reason_path.unlink(missing_ok=True)
+        log.info("quarantined message %s replayed and taken", item_id)
+        return "accepted"
+
     def counts(self, name: str) -> dict[str, int]:
         """seen / accepted / quarantined since start, for one mailbox (also on /metrics)."""
         return dict(next(b for b in self.mailboxes if b.name == name).counts)

@@ -235,9 +235,11 @@ class SmtpAdapter(AdapterBase):
         self.gate = ConnectionGate("smtp", total=config.max_connections,
                                    per_peer=config.max_connections_per_peer,
                                    exempt=config.per_peer_exempt)
-        self._per_sender = (TokenBuckets(config.max_messages_per_sender, config.rate_window)
+        self._per_sender = (TokenBuckets(config.max_messages_per_sender, config.rate_window,
+                                         name="smtp_sender")
                             if config.max_messages_per_sender > 0 else None)
-        self._per_client = (TokenBuckets(config.max_messages_per_client, config.rate_window)
+        self._per_client = (TokenBuckets(config.max_messages_per_client, config.rate_window,
+                                         name="smtp_client")
                             if config.max_messages_per_client > 0 else None)
         self._inflight = 0
         self._idle = asyncio.Event()

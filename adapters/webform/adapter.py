@@ -31,6 +31,7 @@ from gateway.plugin import (
 from gateway.plugin.files import safe_filename
 from gateway.plugin.limits import TokenBuckets
 from gateway.plugin.locales import pick_locale
+from intake_adapters.webform.branding import DEFAULT_ACCENT, Localized, build_brand
 from intake_schemas import Contact, CustomerType, InboundMessage, Kind, Receipt, ThreadHints
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -55,6 +56,17 @@ class WebformConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     max_attachment_bytes: int = 10_485_760
     default_region: str = "CN"
     """Region used to read phone numbers written without a country code."""
+    # Branding (adapters/webform/branding.py): texts are one string or a table by locale.
+    organisation: Localized | None = None
+    """The organisation's name, in the page header and title."""
+    logo_file: str | None = None
+    """A PNG, JPEG, GIF, WebP or SVG file (at most 256 KiB), served at ``<path>/logo``."""
+    privacy_url: Localized | None = None
+    """The privacy notice, linked under the form and on the result page."""
+    contact_hours: Localized | None = None
+    """When people answer, e.g. "周一至周五 9:00–18:00", shown on both pages."""
+    accent_color: str = DEFAULT_ACCENT
+    """Buttons, links and the ticket number's frame (a hex colour)."""
 
 
 CUSTOMER_TYPES: tuple[str, ...] = get_args(CustomerType)
@@ -84,7 +96,7 @@ class ClientRateLimiter(TokenBuckets):
 
     def __init__(self, rate: int, window: float, *, max_clients: int = 50_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(rate, window, max_keys=max_clients, clock=clock)
+        super().__init__(rate, window, max_keys=max_clients, clock=clock, name="webform")
 
 
 def client_key(request: web.Request, *, trust_forwarded_for: bool) -> str:
@@ -291,13 +303,33 @@ class WebformAdapter(AdapterBase):
         self.default_locale = pick_locale(ctx.default_locale, "zh-CN")
         self.limiter = (ClientRateLimiter(config.rate_limit, window.total_seconds())
                         if config.rate_limit else None)
+        self.brand = build_brand(organisation=config.organisation,
+                                 contact_hours=config.contact_hours,
+                                 privacy_url=config.privacy_url,
+                                 accent_color=config.accent_color, logo_file=config.logo_file)
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
-        return [web.get(self.config.path, self.show_form),
-                web.post(self.config.path, self.handle_post, expect_handler=self.expect)]
+        routes = [web.get(self.config.path, self.show_form),
+                  web.post(self.config.path, self.handle_post, expect_handler=self.expect)]
+        if self.brand.logo is not None:
+            routes.append(web.get(self.logo_path, self.show_logo))
+        return routes
+
+    @property
+    def logo_path(self) -> str:
+        return self.config.path.rstrip("/") + "/logo"
+
+    async def show_logo(self, request: web.Request) -> web.Response:
+        """The configured logo, from memory; an SVG opened directly runs nothing."""
+        assert self.brand.logo is not None
+        return web.Response(body=self.brand.logo.data, content_type=self.brand.logo.content_type,
+                            headers={"Cache-Control": "public, max-age=3600",
+                                     "Content-Security-Policy": "default-src 'none'; "
+                                     "style-src 'unsafe-inline'; sandbox",
+                                     "X-Content-Type-Options": "nosniff"})
 
     # -- pages -----------------------------------------------------------------------------
 
@@ -306,12 +338,14 @@ class WebformAdapter(AdapterBase):
         nonce = secrets.token_urlsafe(12)
         body = self.env.get_template(template).render(
             t=TEXTS[locale], locale=locale, locales=SUPPORTED_LOCALES, names=TEXTS,
-            path=self.config.path, nonce=nonce, **values)
+            path=self.config.path, nonce=nonce, brand=self.brand,
+            logo_path=self.logo_path if self.brand.logo is not None else None, **values)
         resp = web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
         resp.headers.update({
             # The pages carry a person's details and a one-time token: keep them out of caches.
             "Cache-Control": "no-store",
             "Content-Security-Policy": (f"default-src 'none'; style-src 'nonce-{nonce}'; "
+                                        f"{self._img_src}"
                                         "form-action 'self'; base-uri 'none'; "
                                         "frame-ancestors 'none'"),
             "X-Content-Type-Options": "nosniff",
@@ -320,6 +354,11 @@ class WebformAdapter(AdapterBase):
             **(headers or {}),
         })
         return resp
+
+    @property
+    def _img_src(self) -> str:
+        # Only our own logo may load: no image from elsewhere tracks the person.
+        return "img-src 'self'; " if self.brand.logo is not None else ""
 
     def _form_page(self, locale: str, *, form: FilledForm | None = None,
                    problems: dict[str, Problem] | None = None, notice: str | None = None,

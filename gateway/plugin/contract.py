@@ -252,6 +252,19 @@ class AdapterBase:
         """Why it cannot take messages now although it was started (``/readyz``), or None."""
         return None
 
+    async def quarantined(self) -> list[tuple[str, str, str]]:
+        """Messages this adapter set aside instead of submitting: (id, where, reason) each,
+        for the operators' dashboard. None by default."""
+        return []
+
+    async def replay_quarantined(self, item_id: str) -> str:
+        """Submit set-aside message ``item_id`` again and say what happened (``"accepted"``,
+        or why it is still refused, when it stays set aside). An unknown id raises
+        :class:`~gateway.errors.RejectedInput`."""
+        from gateway.errors import RejectedInput
+
+        raise RejectedInput(f"{self.kind} keeps no quarantine")
+
     async def send_ack(self, ack: Acknowledgement, *, to: str, reply_to: str | None) -> str | None:
         """Send one acknowledgement to ``to``; return the provider's message id if it has one.
 

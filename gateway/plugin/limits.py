@@ -22,6 +22,8 @@ CONNECTIONS_OPEN = Gauge("intake_connections_open", "Connections open now, by li
 CONNECTIONS_REFUSED = Counter("intake_connections_refused_total",
                               "Connections refused at accept, by listener and limit "
                               "(total, peer)", ["listener", "limit"])
+RATE_LIMITED = Counter("intake_rate_limited_total",
+                       "Requests or messages held back by a rate limit, by limit", ["limit"])
 
 
 def peer_key(address: str) -> str:
@@ -107,7 +109,10 @@ XX
     """
 
     def __init__(self, rate: int, window: float, *, max_keys: int = 50_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, name: str = "other") -> None:
+        self.name = name
+        """The ``limit`` label of ``intake_rate_limited_total`` when a take is held back."""
+        RATE_LIMITED.labels(name)  # present on /metrics (at 0) before the first refusal
         self.rate = rate
         self.window = window
         self.refill = rate / window
@@ -126,6 +131,7 @@ XX
             tokens -= 1.0
         else:
             wait = (1.0 - tokens) / self.refill
+            RATE_LIMITED.labels(self.name).inc()
         self._buckets[key] = (tokens, now)
         return wait
 

@@ -7,8 +7,11 @@ redactor, so it never appears in a log line.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,9 +25,36 @@ def resolve_secret(env: str | None, file: str | None, *, key: str) -> str | None
     Raises ConfigError naming ``key`` when the named variable or file is missing or empty.
     Every value read is registered with the log redactor, so it never appears in a log line.
     """
+    missing = _MISSING.get()
+    if missing is not None and env and not file and not os.environ.get(env):
+        # Checking a file, not starting: an unset variable is a step of the deployment
+        # ("set $X"), not a fault of the file. The placeholder never leaves the check.
+        missing.append((key, env))
+        return MISSING_SECRET_PLACEHOLDER
     value = _read_secret(env, file, key=key)
     register_secret(value)
     return value
+
+
+MISSING_SECRET_PLACEHOLDER = "unset-secret-placeholder-for-check-config-only"
+_MISSING: contextvars.ContextVar[list[tuple[str, str]] | None] = contextvars.ContextVar(
+    "missing_secrets", default=None)
+
+
+@contextmanager
+def collecting_missing_secrets() -> Iterator[list[tuple[str, str]]]:
+    """Within the block, :func:`resolve_secret` records (key, variable) for each secret whose
+    environment variable is unset and returns a placeholder instead of failing.
+
+    Only ``check-config`` uses it: the file is valid, and the variables still to be set are
+    reported as such. ``serve`` never does: there a missing secret stops the start.
+    """
+    found: list[tuple[str, str]] = []
+    token = _MISSING.set(found)
+    try:
+        yield found
+    finally:
+        _MISSING.reset(token)
 
 
 def _read_secret(env: str | None, file: str | None, *, key: str) -> str | None:

@@ -36,14 +36,18 @@ T = TypeVar("T")
 __all__ = [
     "AckOutbox",
     "AckOutboxTx",
+    "AtRiskTicket",
     "ConsumerOffsets",
+    "DashboardReads",
     "DeadLetter",
     "DeadLetters",
     "DueAck",
     "EventLog",
     "EventReader",
     "NewEvent",
+    "RelayLag",
     "RelayTx",
+    "RepeatRow",
     "ReplayGuards",
     "Store",
     "StoreTx",
@@ -246,4 +250,77 @@ class Store(AckOutbox, EventLog, DeadLetters, ReplayGuards, Protocol):
 
     def event_reader(self) -> EventReader:
         """A read-only reader of this store's event log; needs no :meth:`open`."""
+        ...
+
+
+class AtRiskTicket(NamedTuple):
+    """An open ticket due soon or overdue (times in epoch microseconds)."""
+
+    number: str
+    priority: str
+    kind: str
+    channel: str
+    created_at: int
+    due_at: int
+
+
+class RepeatRow(NamedTuple):
+    """One duplicate message: whose, and the ticket it joined."""
+
+    contact_id: int
+    name: str | None
+    ticket_number: str | None
+
+
+class RelayLag(NamedTuple):
+    """How far relay ``name`` is behind the event log."""
+
+    position: int
+    last_seq: int
+    oldest_waiting_at: int | None
+    """``created_at`` (epoch microseconds) of the first event past the position, if any."""
+
+
+class DashboardReads(Protocol):
+    """The operators' dashboard's reads (``gateway/dashboard/``); plain SQL, read-only.
+
+    Times are epoch microseconds, as the tables store them. Aggregation beyond a ``GROUP BY``
+    (regions from phone numbers, device models from stored messages) happens in the dashboard,
+    so every store answers the same small questions.
+    """
+
+    async def intake_counts(self, since: int, bucket: int
+                            ) -> list[tuple[int, str, str, int]]:
+        """(bucket index from ``since``, channel, outcome, messages) for messages received
+        since ``since``, in buckets of ``bucket`` microseconds."""
+        ...
+
+    async def ticket_mix(self, since: int) -> list[tuple[str, str, str, int]]:
+        """(kind, priority, area, tickets) of tickets created since ``since``."""
+        ...
+
+    async def created_bodies(self, since: int, limit: int) -> list[bytes]:
+        """Stored messages (msgpack ``InboundMessage``) that created a ticket since ``since``,
+        newest first, at most ``limit``."""
+        ...
+
+    async def at_risk(self, due_before: int, limit: int) -> list[AtRiskTicket]:
+        """Open tickets due before ``due_before``, earliest due first."""
+        ...
+
+    async def duplicates_since(self, since: int, limit: int) -> list[RepeatRow]:
+        """Duplicate messages received since ``since`` (at most ``limit``)."""
+        ...
+
+    async def contact_identities(self, contact_ids: Sequence[int]
+                                 ) -> list[tuple[int, str, str]]:
+        """(contact id, kind, value) of those contacts' identities."""
+        ...
+
+    async def relay_lag(self, name: str) -> RelayLag:
+        """Relay ``name``'s position against the newest event."""
+        ...
+
+    async def ack_counts(self) -> dict[str, int]:
+        """Acknowledgements by status (pending, sent, failed, suppressed)."""
         ...

@@ -1,0 +1,67 @@
+"""The correlation id: one per HTTP request or submission, in every log line and in the event.
+
+A request may bring its own (``X-Request-Id``, e.g. from the proxy in front, when it is a
+short token of safe characters); otherwise one is made. :meth:`IntakeService.submit` makes one
+when none is set (SMTP sessions, IMAP fetches), so every event written carries the id of the
+work that wrote it, as the CloudEvents extension attribute ``correlationid``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+HEADER = "X-Request-Id"
+_VALID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id",
+                                                                     default=None)
+
+
+def new_correlation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def current_correlation_id() -> str | None:
+    """The id of the work in progress, or None outside any."""
+    return _current.get()
+
+
+def accepted(given: str | None) -> str:
+    """``given`` when it is a safe token (it goes into logs and events), else a new id."""
+    return given if given and _VALID.match(given) else new_correlation_id()
+
+
+def bind(value: str) -> contextvars.Token[str | None]:
+    """Set the id for this task (and what it starts); undo with :func:`unbind`."""
+    return _current.set(value)
+
+
+def unbind(token: contextvars.Token[str | None]) -> None:
+    _current.reset(token)
+
+
+def correlation_middleware() -> Any:
+    """aiohttp middleware: bind the request's id (``X-Request-Id`` or new) and echo it."""
+    from aiohttp import web
+
+    @web.middleware
+    async def middleware(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        cid = accepted(request.headers.get(HEADER))
+        token = bind(cid)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers[HEADER] = cid
+            raise
+        finally:
+            unbind(token)
+        if not response.prepared:
+            response.headers[HEADER] = cid
+        return response
+
+    return middleware
