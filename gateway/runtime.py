@@ -26,6 +26,8 @@ from gateway.files import make_private_dir, make_private_tree, probe_disk
 from gateway.http import CoreRoutes, GatedSite, create_app
 from gateway.intake import IntakeService
 from gateway.logs import install_log_guards
+from gateway.openapi import served_document
+from gateway.openapi_routes import openapi_routes
 from gateway.plugin import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterBase, AdapterContext
 from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
@@ -174,6 +176,7 @@ class Gateway:
                        body_timeout=self.config.server.body_timeout,
                        max_body_bytes=self.config.server.max_body_bytes),
             [route for adapter in self.adapters for route in adapter.routes()])
+        app.router.add_routes(openapi_routes(served_document(self.adapters)))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=self.config.server.idle_timeout)
         await self._runner.setup()
