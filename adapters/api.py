@@ -114,7 +114,7 @@ class ApiAdapter(AdapterBase):
                     Param(name="Accept-Language", where="header",
                           description="The customer's language when `locale` is absent.")),
             body=Body(schema=ApiMessage),
-            security=("apiSignature",),
+            security=("apiSignature",) if config.secret_env or config.secret_file else (),
             answers=(Answer(status=201, description="A new ticket.", body=Body(schema=Receipt)),
                      Answer(status=200, description="A follow-up, duplicate or replay: the "
                             "receipt names the ticket.", body=Body(schema=Receipt)),

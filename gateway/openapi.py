@@ -10,12 +10,14 @@ adds its tuple there with one line. The document is committed as ``schemas/json/
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 
+from gateway.http import MAX_SEQ
 from gateway.message_fetch import MESSAGE_OPERATIONS
 from gateway.openapi_routes import DOCS_OPERATIONS
 from gateway.plugin import ADAPTER_GROUP, AdapterBase
@@ -82,7 +84,8 @@ HTTP_OPERATIONS: tuple[Operation, ...] = (
     Operation(method="get", path="/v1/events", tag="events", summary="The embedded event log",
               description="Committed events after `after`, oldest first, long-polled with "
                           "`wait`. At least once: deduplicate on the event's `id`.",
-              params=(Param(name="after", where="query", schema={"type": "integer", "minimum": 0},
+              params=(Param(name="after", where="query",
+                            schema={"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
                             description="The `next` of an earlier answer (0: from the start)."),
                       Param(name="limit", where="query",
                             schema={"type": "integer", "minimum": 1, "maximum": 1000},
@@ -117,10 +120,16 @@ def reference_adapters() -> list[tuple[type[AdapterBase], Any]]:
     return [(cls, cls.Config()) for cls in load_plugins(ADAPTER_GROUP).values()]
 
 
-def openapi_document(operations: Sequence[Operation], *, version: str = API_VERSION
-                     ) -> dict[str, Any]:
-    """OpenAPI 3.1: the core's operations and ``operations`` (the adapters')."""
-    every = [op for module in CORE_ROUTE_MODULES for op in module] + list(operations)
+def openapi_document(operations: Sequence[Operation], *, version: str = API_VERSION,
+                     not_in_force: Iterable[str] = ()) -> dict[str, Any]:
+    """OpenAPI 3.1: the core's operations and ``operations`` (the adapters').
+
+    ``not_in_force`` names security schemes this gateway does not require (no events token on
+    a loopback listener): they are left out, so the document says the routes are open.
+    """
+    off = set(not_in_force)
+    every = [dataclasses.replace(op, security=tuple(s for s in op.security if s not in off))
+             for module in CORE_ROUTE_MODULES for op in module] + list(operations)
     types: list[Any] = []
 
     def ref(schema: Any) -> Any:
@@ -211,6 +220,9 @@ def committed_document() -> dict[str, Any]:
     return openapi_document(adapter_operations(reference_adapters()))
 
 
-def served_document(adapters: Iterable[AdapterBase]) -> dict[str, Any]:
-    """``/openapi.json``: the core and the enabled adapters, under their running config."""
-    return openapi_document(adapter_operations((type(a), a.config) for a in adapters))
+def served_document(adapters: Iterable[AdapterBase], *, events_token: bool = True
+                    ) -> dict[str, Any]:
+    """``/openapi.json``: the core and the enabled adapters, under their running config;
+    ``events_token`` says whether the events routes require one."""
+    return openapi_document(adapter_operations((type(a), a.config) for a in adapters),
+                            not_in_force=() if events_token else ("eventsToken",))

@@ -176,7 +176,8 @@ class Gateway:
                        body_timeout=self.config.server.body_timeout,
                        max_body_bytes=self.config.server.max_body_bytes),
             [route for adapter in self.adapters for route in adapter.routes()])
-        app.router.add_routes(openapi_routes(served_document(self.adapters)))
+        app.router.add_routes(openapi_routes(served_document(
+            self.adapters, events_token=self.events_token is not None)))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=self.config.server.idle_timeout)
         await self._runner.setup()

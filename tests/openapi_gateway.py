@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+TELEGRAM_SECRET = "telegram-secret-token"
 
-def every_route_config(secrets: Path) -> str:
-    """TOML enabling every adapter with HTTP routes; secrets written as files under ``secrets``."""
+
+def every_route_config(secrets: Path, *, head: str = "", form_rate_limit: int = 5) -> str:
+    """TOML enabling every adapter with HTTP routes; secrets written as files under ``secrets``.
+
+    ``head`` is TOML put first (a ``[server]`` table)."""
     secrets.mkdir(parents=True, exist_ok=True)
     for name, value in {"twilio": "twilio-auth-token", "telegram": "123456:bot-token",
-                        "telegram-secret": "telegram-secret-token", "wechat": "wechat-token",
+                        "telegram-secret": TELEGRAM_SECRET, "wechat": "wechat-token",
                         "hook": "hook-secret", "api": "api-secret"}.items():
         (secrets / name).write_text(value)
-    return f"""
+    return head + f"""
+[adapters.webform]
+rate_limit = {form_rate_limit}
 [adapters.smtp]
 enabled = false
 [adapters.imap]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import pytest
 from openapi_spec_validator import validate
 
 from gateway.openapi import committed_document, served_document
@@ -53,7 +55,7 @@ async def test_served_document_describes_exactly_the_routes_served(
         assert resp.status == 200 and resp.content_type == "application/json"
         doc = await resp.json()
     validate(doc)
-    assert doc == json.loads(json.dumps(served_document(gw.adapters)))
+    assert doc == json.loads(json.dumps(served_document(gw.adapters, events_token=False)))
     described = _operations(doc)
     assert served - described == set(), "routes served but not described"
     assert described - served == set(), "operations described but not served"
@@ -89,3 +91,25 @@ async def test_docs_page_lists_every_operation(make_gateway: MakeGateway,
     for item in doc["paths"].values():
         for op in item.values():
             assert op["summary"].replace("'", "&#39;") in page
+
+
+async def test_security_is_declared_only_where_it_is_in_force(
+        make_gateway: MakeGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def secured(doc: dict[str, Any], method: str, path: str) -> list[Any]:
+        return list(doc["paths"][path][method].get("security", []))
+
+    committed = committed_document()
+    assert secured(committed, "get", "/v1/events") == [{"eventsToken": []}]
+    assert secured(committed, "post", "/v1/messages") == []  # no secret by default
+
+    monkeypatch.setenv("OPENAPI_TEST_TOKEN", "t0ken")
+    monkeypatch.setenv("OPENAPI_TEST_SECRET", "s3cret")
+    gw = await make_gateway('[server]\nevents_token_env = "OPENAPI_TEST_TOKEN"\n'
+                            '[adapters.api]\nsecret_env = "OPENAPI_TEST_SECRET"\n')
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/openapi.json") as resp:
+        doc = await resp.json()
+    assert secured(doc, "get", "/v1/events") == [{"eventsToken": []}]
+    assert secured(doc, "post", "/v1/messages") == [{"apiSignature": []}]
+    open_gw = await make_gateway()
+    async with aiohttp.ClientSession() as s, s.get(f"{open_gw.url}/openapi.json") as resp:
+        assert secured(await resp.json(), "get", "/v1/events") == []

@@ -15,9 +15,10 @@ def telegram_operations(path: str, mode: str) -> list[Operation]:
         description="Answered 200 once the message is stored; the acknowledgement is sent as "
                     "a reply in the chat.",
         body=Body(schema={"type": "object", "required": ["update_id"],
-                          "properties": {"update_id": {"type": "integer"},
-                                         "message": {"type": "object"}},
-                          "description": "A Telegram Update object."}),
+                          "properties": {"update_id": {"type": "integer"}},
+                          "description": "A Telegram Update object. Kinds of update and "
+                                         "fields we do not read are ignored (200): Telegram "
+                                         "would retry a refusal for ever."}),
         security=("telegramSecret",),
         answers=(Answer(status=200, description="Taken (or ignored: not a private chat)."),
                  refused(400, "Not a Telegram update."),

@@ -17,7 +17,8 @@ def form_operations(path: str, field_limits: dict[str, int]) -> list[Operation]:
     fields["kind"] = {"enum": list(get_args(Kind))}
     fields["customer_type"] = {"enum": list(get_args(CustomerType))}
     fields["message"]["description"] = "The customer's words (required)."
-    fields["website"]["description"] = "A honeypot: left empty by people."
+    # Any value is "accepted" (a thank-you page, nothing stored): bots must not learn of it.
+    fields["website"] = {"type": "string", "description": "A honeypot: left empty by people."}
     fields["attachments"] = {"type": "array", "items": {"type": "string",
                                                         "contentMediaType":
                                                             "application/octet-stream"}}
