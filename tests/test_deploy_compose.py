@@ -11,12 +11,14 @@ import copy
 import importlib.resources
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
 
+from tests.caddy_validate import caddy_validate
 from tests.deploy_files import DEPLOY, env_names_in_container_config
 
 
@@ -87,3 +89,12 @@ def test_every_secret_the_config_reads_is_in_the_env_example() -> None:
     given = set(re.findall(r"(?m)^([A-Z0-9_]+)=", example))
     assert env_names_in_container_config() <= given
     assert env_names_in_container_config(), "deploy/container.toml names no secret?"
+
+
+def test_caddyfile_is_valid_for_caddy(tmp_path: Path) -> None:
+    res = caddy_validate(DEPLOY / "compose" / "Caddyfile", tmp_path)
+    assert res.returncode == 0 and "Valid configuration" in res.stdout + res.stderr, res.stderr
+    broken = tmp_path / "Caddyfile"
+    broken.write_text((DEPLOY / "compose" / "Caddyfile").read_text()
+                      .replace("health_uri", "health_url"))
+    assert caddy_validate(broken, tmp_path).returncode != 0
