@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 TELEGRAM_SECRET = "telegram-secret-token"
+SECRETS = {"twilio": "twilio-auth-token", "telegram": "123456:bot-token",
+           "telegram-secret": TELEGRAM_SECRET, "wechat": "wechat-token", "hook": "hook-secret",
+           "api": "api-secret"}
 
 
 def every_route_config(secrets: Path, *, head: str = "", form_rate_limit: int = 5) -> str:
@@ -12,9 +15,7 @@ def every_route_config(secrets: Path, *, head: str = "", form_rate_limit: int = 
 
     ``head`` is TOML put first (a ``[server]`` table)."""
     secrets.mkdir(parents=True, exist_ok=True)
-    for name, value in {"twilio": "twilio-auth-token", "telegram": "123456:bot-token",
-                        "telegram-secret": TELEGRAM_SECRET, "wechat": "wechat-token",
-                        "hook": "hook-secret", "api": "api-secret"}.items():
+    for name, value in SECRETS.items():
         (secrets / name).write_text(value)
     return head + f"""
 [adapters.webform]
