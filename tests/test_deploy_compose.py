@@ -98,3 +98,22 @@ def test_caddyfile_is_valid_for_caddy(tmp_path: Path) -> None:
     broken.write_text((DEPLOY / "compose" / "Caddyfile").read_text()
                       .replace("health_uri", "health_url"))
     assert caddy_validate(broken, tmp_path).returncode != 0
+
+
+def test_every_file_the_compose_file_names_is_there(compose: dict[str, Any]) -> None:
+    """Mounted files exist; the operator's own copies (.env, the password) have an example."""
+    named: list[str] = []
+    for service in compose["services"].values():
+        named += [v.split(":")[0] for v in service.get("volumes", []) if v.startswith(".")]
+        env_file = service.get("env_file")
+        named += [env_file] if isinstance(env_file, str) else list(env_file or [])
+        build = service.get("build")
+        if build:
+            assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
+    named += [s["file"] for s in compose.get("secrets", {}).values()]
+    assert named
+    for name in named:
+        path = DEPLOY / name
+        example = (path.with_name("env.example") if path.name == ".env"
+                   else path.with_name(path.name + ".example"))
+        assert path.exists() or example.exists(), name
