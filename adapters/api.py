@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 import msgspec
@@ -15,13 +15,18 @@ from gateway.errors import Forbidden, RejectedInput, Unauthorized
 from gateway.plugin import (
     AdapterBase,
     AdapterContext,
+    Answer,
+    Body,
     Intake,
+    Operation,
+    Param,
     normalize_email,
     normalize_phone,
     parse_duration,
+    refused,
     resolve_secret,
 )
-from intake_schemas import Contact, InboundMessage, ThreadHints
+from intake_schemas import Contact, InboundMessage, Receipt, ThreadHints
 from intake_schemas.api import ApiMessage
 
 
@@ -91,6 +96,35 @@ class ApiAdapter(AdapterBase):
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [web.post(self.config.path, self.handle)]
+
+    @classmethod
+    def http_operations(cls, config: ApiConfig) -> Sequence[Operation]:
+        return [Operation(
+            method="post", path=config.path, tag="api", summary="Submit a customer message",
+            description="The integrators' JSON API. Answers only once the message, its ticket "
+                        "and its acknowledgement are durable; a retry with the same "
+                        "Idempotency-Key returns the first receipt.",
+            params=(Param(name="Idempotency-Key", where="header",
+                          schema={"type": "string", "minLength": 1, "maxLength": _MAX_KEY},
+                          description="The client's id of this message: a repeat returns the "
+                                      "first receipt (outcome `replayed`)."),
+                    Param(name="X-Intake-Timestamp", where="header",
+                          schema={"type": "string", "pattern": "^[0-9]{1,12}$"},
+                          description="Unix seconds the request was signed at (signed API)."),
+                    Param(name="Accept-Language", where="header",
+                          description="The customer's language when `locale` is absent.")),
+            body=Body(schema=ApiMessage),
+            security=("apiSignature",) if config.secret_env or config.secret_file else (),
+            answers=(Answer(status=201, description="A new ticket.", body=Body(schema=Receipt)),
+                     Answer(status=200, description="A follow-up, duplicate or replay: the "
+                            "receipt names the ticket.", body=Body(schema=Receipt)),
+                     refused(400, "Not application/json, not the message schema (the reason "
+                                  "names the field), or nothing to answer the customer at."),
+                     refused(401, "Unsigned, or the timestamp is outside the window."),
+                     refused(403, "The signature does not match the body."),
+                     refused(409, "This exact signed request was accepted already: sign the "
+                                  "retry afresh."),
+                     refused(429, "Too many requests: retry after Retry-After.")))]
 
     async def _verify(self, request: web.Request, body: bytes) -> None:
         assert self.secret is not None

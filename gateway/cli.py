@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT", help="HTTP listener (default from "
                        "config, 127.0.0.1:8080)")
     sub.add_parser("check-config", parents=[common], help="validate the config and exit")
-    schema = sub.add_parser("schema", parents=[common], help="print or write the JSON Schemas")
+    schema = sub.add_parser("schema", parents=[common],
+                            help="print or write the JSON Schemas, AsyncAPI and OpenAPI")
     schema.add_argument("--out", metavar="DIR", help="write one file per schema into DIR")
     tail = sub.add_parser("tail", parents=[common], help="print queued events as JSON lines")
     tail.add_argument("--consumer", default="default",
@@ -102,9 +103,10 @@ def _check(config: Config, args: argparse.Namespace) -> int:
 
 
 def _schema(out: str | None) -> int:
+    from gateway.openapi import committed_document
     from intake_schemas.export import export_schemas
 
-    docs = export_schemas()
+    docs = {**export_schemas(), "openapi": committed_document()}
     if out is None:
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(docs), indent=2) + b"\n")
         return 0

@@ -114,6 +114,8 @@ class EventFeed(Protocol):
 
 
 CORE = web.AppKey("core", CoreRoutes)
+MAX_SEQ = 2**63 - 1
+"""The largest event sequence number there can be (a signed 64-bit SQL integer)."""
 
 
 def create_app(core: CoreRoutes,
@@ -304,8 +306,11 @@ async def events(request: web.Request) -> web.Response:
         wait = min(max(float(request.query.get("wait", "0")), 0.0), 60.0)
     except ValueError:
         raise RejectedInput("after and limit must be integers, wait a number of seconds") from None
-    if after < 0:
+    if not 0 <= after <= MAX_SEQ:
+        # Beyond SQL's 64-bit integers a query would fail: a sender's number, a 400.
         raise RejectedInput("after must be 0 or a sequence number from an earlier answer")
+    if wait != wait:
+        raise RejectedInput("wait must be a number of seconds")
     if wait:
         await core.waiters.wait_beyond(after, wait)
     rows = await core.events.events_after(after, limit)

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.attachments import AttachmentStore
 from gateway.errors import NotFound, RejectedInput
+from gateway.plugin.openapi import Answer, Body, Operation, Param, refused
 from intake_schemas import InboundMessage
 
 _UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -71,3 +72,33 @@ def message_routes(store: StoredMessages, files: AttachmentStore,
 
     return [web.get("/v1/messages/{uid}", whole),
             web.get("/v1/messages/{uid}/attachments/{sha256}", attachment)]
+
+
+MESSAGE_OPERATIONS: tuple[Operation, ...] = (
+    Operation(method="get", path="/v1/messages/{uid}", tag="events",
+              summary="A whole stored message (an event's body_url)",
+              params=(Param(name="uid", where="path", required=True,
+                            schema={"type": "string", "format": "uuid"},
+                            description="The message id an event names."),),
+              security=("eventsToken",),
+              answers=(Answer(status=200, description="The InboundMessage.",
+                              body=Body(schema=InboundMessage)),
+                       refused(400, "Not a message id."),
+                       refused(401, "The bearer token is missing or wrong."),
+                       refused(404, "No message with that id."))),
+    Operation(method="get", path="/v1/messages/{uid}/attachments/{sha256}", tag="events",
+              summary="One attachment of a stored message",
+              params=(Param(name="uid", where="path", required=True,
+                            schema={"type": "string", "format": "uuid"},
+                            description="The message id an event names."),
+                      Param(name="sha256", where="path", required=True,
+                            schema={"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                            description="The attachment's sha256, as the event lists it.")),
+              security=("eventsToken",),
+              answers=(Answer(status=200, description="The file, as an attachment download.",
+                              body=Body(media_type="application/octet-stream")),
+                       refused(400, "Not a message id."),
+                       refused(401, "The bearer token is missing or wrong."),
+                       refused(404, "No such message or attachment, or it was purged."))),
+)
+"""The OpenAPI description of :func:`message_routes` (gateway/openapi.py)."""

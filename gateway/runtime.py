@@ -32,6 +32,8 @@ from gateway.intake import IntakeService
 from gateway.landing import announce, landing_routes, useful_links
 from gateway.logs import install_log_guards
 from gateway.observability import ScrapeGauges, declare_channels
+from gateway.openapi import served_document
+from gateway.openapi_routes import openapi_routes
 from gateway.plugin import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterBase, AdapterContext
 from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
@@ -193,6 +195,8 @@ class Gateway:
                        before_metrics=self.scrape_gauges.refresh),
             [route for adapter in self.adapters for route in adapter.routes()]
             + self.operator_routes())
+        app.router.add_routes(openapi_routes(served_document(
+            self.adapters, events_token=self.events_token is not None)))
         self.app = app
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=self.config.server.idle_timeout)

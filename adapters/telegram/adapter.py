@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
@@ -45,6 +45,8 @@ from gateway.plugin import (
     read_limited,
     resolve_secret,
 )
+from gateway.plugin.openapi import Operation
+from intake_adapters.telegram.openapi import telegram_operations
 from intake_adapters.telegram.wire import TgFile, TgMessage, TgUpdate, _decode_update
 from intake_schemas import (
     Acknowledgement,
@@ -154,6 +156,10 @@ class TelegramAdapter(AdapterBase):
         if self.config.mode != "webhook":
             return []
         return [web.post(self.path, self.handle_webhook)]
+
+    @classmethod
+    def http_operations(cls, config: TelegramConfig) -> Sequence[Operation]:
+        return telegram_operations(config.path, config.mode)
 
     async def start(self) -> None:
         """Register the webhook or start polling, in the background: Telegram being down must

@@ -11,7 +11,7 @@ import hmac
 import ipaddress
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -32,8 +32,10 @@ from gateway.plugin import (
     parse_duration,
     resolve_secret,
 )
+from gateway.plugin.openapi import Operation
 from intake_adapters.twilio.common import _API_HOST, _e164
 from intake_adapters.twilio.messaging import MessagingMixin
+from intake_adapters.twilio.openapi import twilio_operations
 from intake_adapters.twilio.outbound import OutboundMixin
 from intake_adapters.twilio.protocol import (
     compute_twilio_signature,
@@ -167,6 +169,10 @@ class TwilioAdapter(MessagingMixin, VoiceMixin, OutboundMixin, AdapterBase):
             web.post(f"{p}/voice/recording", self.handle_recording),
             web.post(f"{p}/voice/transcription", self.handle_transcription),
         ]
+
+    @classmethod
+    def http_operations(cls, config: TwilioConfig) -> Sequence[Operation]:
+        return twilio_operations(config.path)
 
     async def start(self) -> None:
         """Load the opt-outs, open the media session and the REST client; resume voice mail."""

@@ -9,7 +9,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, cast, get_args
 from urllib.parse import unquote_to_bytes
@@ -31,7 +31,9 @@ from gateway.plugin import (
 from gateway.plugin.files import safe_filename
 from gateway.plugin.limits import TokenBuckets
 from gateway.plugin.locales import pick_locale
+from gateway.plugin.openapi import Operation
 from intake_adapters.webform.branding import DEFAULT_ACCENT, Localized, build_brand
+from intake_adapters.webform.openapi import form_operations
 from intake_schemas import Contact, CustomerType, InboundMessage, Kind, Receipt, ThreadHints
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -330,6 +332,10 @@ class WebformAdapter(AdapterBase):
                                      "Content-Security-Policy": "default-src 'none'; "
                                      "style-src 'unsafe-inline'; sandbox",
                                      "X-Content-Type-Options": "nosniff"})
+
+    @classmethod
+    def http_operations(cls, config: WebformConfig) -> Sequence[Operation]:
+        return form_operations(config.path, FIELD_LIMITS)
 
     # -- pages -----------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import msgspec
@@ -21,8 +21,10 @@ from gateway.plugin import (
     parse_duration,
     resolve_secret,
 )
+from gateway.plugin.openapi import Operation
 from intake_adapters.webhook.config import MappingConfig, SourceConfig, WebhookConfig
 from intake_adapters.webhook.mapping import Path, PayloadMismatch
+from intake_adapters.webhook.openapi import webhook_operations
 from intake_adapters.webhook.signatures import SCHEMES, BodyHmac, Scheme, StandardWebhooks
 from intake_schemas import Contact, InboundMessage, ThreadHints
 
@@ -127,6 +129,11 @@ class WebhookAdapter(AdapterBase):
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [web.post(source.path, self._handler(source)) for source in self.sources]
+
+    @classmethod
+    def http_operations(cls, config: WebhookConfig) -> Sequence[Operation]:
+        return webhook_operations([(s.name, s.path or f"/webhooks/{s.name}")
+                                   for s in config.sources])
 
     def _handler(self, source: Source) -> Any:
         async def handle(request: web.Request) -> web.Response:

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
@@ -28,6 +28,8 @@ from gateway.plugin import (
     read_limited,
     resolve_secret,
 )
+from gateway.plugin.openapi import Operation
+from intake_adapters.wechat.openapi import wechat_operations
 from intake_adapters.wechat.protocol import (
     WeChatCrypto,
     WeChatPush,
@@ -115,6 +117,10 @@ class WeChatAdapter(AdapterBase):
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [web.get(self.path, self.handle_verify), web.post(self.path, self.handle_push)]
+
+    @classmethod
+    def http_operations(cls, config: WeChatConfig) -> Sequence[Operation]:
+        return wechat_operations(config.path)
 
     async def start(self) -> None:
         """Open the session images are fetched with; warn when plain pushes face the network."""

@@ -11,7 +11,8 @@ What it finds here:
   durations, listen addresses;
 - contact identities as the core stores them (:mod:`gateway.plugin.contacts`);
 - provider media fetched as hostile input (:mod:`gateway.plugin.media`);
-- connection gates and token buckets for listeners (:mod:`gateway.plugin.limits`).
+- connection gates and token buckets for listeners (:mod:`gateway.plugin.limits`);
+- the OpenAPI description of an adapter's routes (:mod:`gateway.plugin.openapi`).
 
 ``docs/integrators.md`` walks through writing an adapter with only this.
 """
@@ -42,6 +43,7 @@ from gateway.plugin.contract import (
 )
 from gateway.plugin.limits import ConnectionGate, TokenBuckets, peer_key
 from gateway.plugin.media import IDENTITY, MediaHosts, MediaRefused, file_not_kept, read_limited
+from gateway.plugin.openapi import Answer, Body, Operation, Param, refused
 from gateway.plugin.settings import is_loopback, parse_duration, resolve_secret, split_listen
 
 INLINE_REPLY = INLINE
@@ -59,6 +61,8 @@ __all__ = [
     "AdapterBase",
     "AdapterContext",
     "AdapterState",
+    "Answer",
+    "Body",
     "ConnectionGate",
     "Inline",
     "InlineOnPhone",
@@ -67,8 +71,10 @@ __all__ = [
     "MediaHosts",
     "MediaRefused",
     "Nobody",
+    "Operation",
     "OutboundEvent",
     "Outbox",
+    "Param",
     "Publisher",
     "PublisherBase",
     "Reply",
@@ -82,6 +88,7 @@ __all__ = [
     "parse_duration",
     "peer_key",
     "read_limited",
+    "refused",
     "resolve_secret",
     "split_listen",
 ]

@@ -39,6 +39,7 @@ from gateway.errors import ConfigError
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from gateway.plugin.openapi import Operation
     from intake_schemas import Acknowledgement, Attachment, InboundMessage, Outcome, Receipt
 
 
@@ -240,6 +241,13 @@ class AdapterBase:
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         """HTTP routes this adapter serves on the gateway's one aiohttp application."""
+        return ()
+
+    @classmethod
+    def http_operations(cls, config: Any) -> Sequence[Operation]:
+        """The OpenAPI description of what :meth:`routes` serves under ``config`` (its
+        ``Config``), one :class:`~gateway.plugin.openapi.Operation` per route; a test holds the
+        two equal. The committed document uses the default ``Config()``."""
         return ()
 
     async def start(self) -> None:
