@@ -31,6 +31,7 @@ from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
+from gateway.replies.assembly import Replies
 from gateway.store.sqlite import STORE_FILE, SqliteStore
 
 log = logging.getLogger("intake")
@@ -102,6 +103,11 @@ class Gateway:
         self.dispatcher = AckDispatcher(
             self.store, self.senders, policy=config.acks, calendar=self.intake.calendar,
             default_locale=config.intake.default_locale, event_source=config.intake.event_source)
+        self.replies = Replies(
+            config.replies, self.store, self.adapters,
+            api_config=self.adapter_configs.get("api"), numbering=self.intake.numbering,
+            calendar=self.intake.calendar, default_locale=config.intake.default_locale,
+            event_source=config.intake.event_source, first_use=self.store.first_use)
         if not is_loopback(self.host):
             self._refuse_open_listener()
         self.waiters = EventWaiters(0)
@@ -130,6 +136,10 @@ class Gateway:
                     f"refusing to listen on {self.listen} with the {adapter.kind!r} adapter "
                     f"unauthenticated: set adapters.{adapter.kind}.secret_env (or _file), or "
                     "listen on 127.0.0.1")
+        if self.config.replies.enabled and not self.replies.authenticated:
+            raise ConfigError(f"refusing to listen on {self.listen} with unsigned replies: set "
+                              "replies.secret_env (or adapters.api.secret_env), set "
+                              "replies.enabled = false, or listen on 127.0.0.1")
         if self.events_token is None:
             raise ConfigError(f"refusing to listen on {self.listen} with /v1/events open: set "
                               "server.events_token_env (or _file), or listen on 127.0.0.1")
@@ -168,12 +178,14 @@ class Gateway:
         make_private_tree(self.data_dir, skip=(self.attachments.root,))
         if self.senders:
             await self.dispatcher.start()
+        await self.replies.start()
         app = create_app(
             CoreRoutes(events=self.store, waiters=self.waiters, attachments=self.attachments,
                        events_token=self.events_token, readiness=self.readiness,
                        body_timeout=self.config.server.body_timeout,
                        max_body_bytes=self.config.server.max_body_bytes),
-            [route for adapter in self.adapters for route in adapter.routes()])
+            [route for adapter in self.adapters for route in adapter.routes()]
+            + self.replies.routes())
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=self.config.server.idle_timeout)
         await self._runner.setup()
@@ -226,6 +238,7 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         await self.dispatcher.stop()
+        await self.replies.stop()
         for adapter in reversed(self.adapters):
             await adapter.stop()
         if self.relay is not None:

@@ -34,15 +34,19 @@ from gateway.plugin.contract import (
     Nobody,
     OutboundEvent,
     Outbox,
+    OutgoingReply,
     Publisher,
     PublisherBase,
     Reply,
+    ReplyFile,
+    ReplySender,
     check_adapter,
     check_publisher,
 )
 from gateway.plugin.limits import ConnectionGate, TokenBuckets, peer_key
 from gateway.plugin.media import IDENTITY, MediaHosts, MediaRefused, file_not_kept, read_limited
 from gateway.plugin.settings import is_loopback, parse_duration, resolve_secret, split_listen
+from gateway.plugin.signing import RequestSigner, sign_request
 
 INLINE_REPLY = INLINE
 """``Inline()``, the default :data:`Reply`, as a shared value (for defaults in signatures)."""
@@ -69,9 +73,13 @@ __all__ = [
     "Nobody",
     "OutboundEvent",
     "Outbox",
+    "OutgoingReply",
     "Publisher",
     "PublisherBase",
     "Reply",
+    "ReplyFile",
+    "ReplySender",
+    "RequestSigner",
     "TokenBuckets",
     "check_adapter",
     "check_publisher",
@@ -83,5 +91,6 @@ __all__ = [
     "peer_key",
     "read_limited",
     "resolve_secret",
+    "sign_request",
     "split_listen",
 ]

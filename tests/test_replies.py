@@ -1,0 +1,260 @@
+"""Replies out through the real senders: email through the mailer to an SMTP capture, Telegram
+through PTB to the Bot API fake. The customer's answer to a reply is a follow-up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+
+from gateway.runtime import Gateway
+from gateway.testing.drivers_mail import customer_mail, smtp_transaction
+from gateway.testing.fakes import FakeTelegram
+from gateway.testing.harness import read_events
+from gateway.testing.smtp_capture import SmtpCapture
+from intake_adapters.api import sign_request
+from intake_adapters.mail import SmtpAdapter
+from tests.conftest import MakeGateway
+
+ROOT = Path(__file__).resolve().parent.parent
+SUPPORT = "support@example.com"
+TOKEN = "555000222:replies-test-token"
+SECRET = "replies-signing-secret"
+os.environ["INTAKE_TEST_REPLIES_TG_TOKEN"] = TOKEN
+os.environ["INTAKE_TEST_REPLIES_SECRET"] = SECRET
+TG_SECRET = "replies-webhook-secret"
+os.environ["INTAKE_TEST_REPLIES_TG_SECRET"] = TG_SECRET
+
+
+@pytest.fixture
+def capture() -> Iterator[SmtpCapture]:
+    with SmtpCapture() as cap:
+        yield cap
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram(TOKEN) as fake:
+        yield fake
+
+
+def mail_config(capture: SmtpCapture, extra: str = "") -> str:
+    return ('[intake]\ndefault_locale = "en"\n'
+            f'[adapters.smtp]\nlisten = "127.0.0.1:0"\naccept = ["{SUPPORT}"]\n'
+            f'[adapters.mailer]\nport = {capture.port}\nfrom_address = "{SUPPORT}"\n{extra}')
+
+
+def telegram_config(fake: FakeTelegram) -> str:
+    return ('[adapters.telegram]\nenabled = true\n'
+            'token_env = "INTAKE_TEST_REPLIES_TG_TOKEN"\n'
+            'secret_token_env = "INTAKE_TEST_REPLIES_TG_SECRET"\n'
+            f'api_base_url = "{fake.url}"\nmode = "webhook"\n')
+
+
+async def mail_in(gw: Gateway, *, sender: str, subject: str, text: str,
+                  message_id: str, headers: dict[str, str] | None = None) -> str:
+    port = next(a for a in gw.adapters if isinstance(a, SmtpAdapter)).port
+    reply = await asyncio.to_thread(
+        smtp_transaction, port, sender=sender, recipients=[SUPPORT],
+        data=customer_mail(sender=sender, subject=subject, text=text, message_id=message_id,
+                           headers=headers))
+    assert reply.code == 250 and reply.ticket, reply
+    return reply.ticket[0]
+
+
+async def post_reply(gw: Gateway, number: str, body: dict[str, Any], *,
+                     key: str | None = "k-1", secret: str | None = None
+                     ) -> tuple[int, dict[str, Any]]:
+    raw = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    if secret is not None:
+        ts = str(int(time.time()))
+        headers |= {"X-Intake-Timestamp": ts,
+                    "X-Intake-Signature": sign_request(secret, ts, raw)}
+    async with aiohttp.ClientSession() as s, s.post(
+            f"{gw.url}/v1/tickets/{number}/replies", data=raw, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def events(gw: Gateway) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as s:
+        return await read_events(s, gw.url)
+
+
+async def wait_event(gw: Gateway, type_: str, *, timeout: float = 10.0,
+                     **data: Any) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        for e in await events(gw):
+            if e["type"] == type_ and all(e["data"].get(k) == v for k, v in data.items()):
+                return e
+        assert asyncio.get_running_loop().time() < deadline, f"no {type_} {data}"
+        await asyncio.sleep(0.05)
+
+
+async def replies_settled(gw: Gateway, timeout: float = 10.0) -> None:
+    """No reply is queued any more: every one that will go out has (the condition to wait on
+    before asserting that something was *not* sent)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await gw.store.next_reply_attempt() is not None:
+        assert asyncio.get_running_loop().time() < deadline, "replies still queued"
+        await asyncio.sleep(0.02)
+
+
+def customer() -> str:
+    return f"c-{uuid.uuid4().hex[:8]}@customers.example.cn"
+
+
+# -- email ---------------------------------------------------------------------------------------
+
+
+async def test_an_email_reply_is_threaded_and_the_answer_to_it_is_a_followup(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    gw = await make_gateway(mail_config(capture))
+    who, first_id = customer(), f"{uuid.uuid4().hex}@customers.example.cn"
+    number = await mail_in(gw, sender=who, subject="Router broken",
+                           text="My router has had no internet since this morning.",
+                           message_id=first_id)
+    await capture.wait_for(lambda m: who in m.rcpt_tos)  # the acknowledgement
+    capture.clear()
+
+    status, body = await post_reply(gw, number, {
+        "text": "Please restart the router and tell us if the light turns green.",
+        "html": "<p>Please <b>restart</b> the router.<script>alert(1)</script></p>"})
+    assert status == 202, body
+    assert body["ticket_number"] == number and body["channel"] == "email"
+    assert body["status"] == "queued" and not body["replayed"]
+
+    mail = await capture.wait_for(lambda m: who in m.rcpt_tos)
+    assert mail.in_reply_to == first_id, "threaded to the customer's mail"
+    assert f"<{first_id}>" in str(mail.message["References"])
+    assert f"[{number}]" in mail.subject and "Router broken" in mail.subject
+    assert "restart the router" in mail.text()
+    assert "<b>restart</b>" in mail.html() and "<script" not in mail.html()
+    assert mail.message["Auto-Submitted"] is None, "a person's answer, not an auto-reply"
+    sent = await wait_event(gw, "reply.sent", reply_id=body["reply_id"])
+    assert sent["subject"] == number and sent["data"]["provider_message_id"] == mail.message_id
+    queued = await wait_event(gw, "reply.queued", reply_id=body["reply_id"])
+    assert queued["data"]["chosen_because"] == "latest_inbound"
+
+    # The customer answers the reply; the subject lost the number, the header still threads.
+    again = await mail_in(gw, sender=who, subject="it is still red",
+                          text="Still red after the restart.",
+                          message_id=f"{uuid.uuid4().hex}@customers.example.cn",
+                          headers={"In-Reply-To": f"<{mail.message_id}>"})
+    assert again == number
+    added = await wait_event(gw, "ticket.message_added")
+    assert added["subject"] == number and added["data"]["matched_by"] == "reply_header"
+    # The reply events match the committed JSON Schema consumers validate with.
+    schema = json.loads((ROOT / "schemas/json/event.json").read_text())
+    for event in await events(gw):
+        jsonschema.validate(event, schema)
+
+
+async def test_a_retry_with_the_same_idempotency_key_sends_once(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    gw = await make_gateway(mail_config(capture))
+    who = customer()
+    number = await mail_in(gw, sender=who, subject="Bill", text="I was billed twice.",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+    await capture.wait_for(lambda m: who in m.rcpt_tos)
+    capture.clear()
+    reply = {"text": "We refunded the second charge."}
+    first = await post_reply(gw, number, reply, key="refund-1")
+    second = await post_reply(gw, number, reply, key="refund-1")
+    assert first[0] == second[0] == 202
+    assert second[1]["reply_id"] == first[1]["reply_id"] and second[1]["replayed"]
+    conflict = await post_reply(gw, number, {"text": "something else"}, key="refund-1")
+    assert conflict[0] == 422 and conflict[1]["field"] == "Idempotency-Key"
+    await capture.wait_for(lambda m: who in m.rcpt_tos)
+    await replies_settled(gw)
+    assert len(capture.to(who)) == 1
+    assert [e["type"] for e in await events(gw)].count("reply.queued") == 1
+
+
+async def test_bad_requests_are_refused_with_a_reason(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    gw = await make_gateway(mail_config(capture))
+    who = customer()
+    number = await mail_in(gw, sender=who, subject="Hello", text="A question about my plan.",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+    assert (await post_reply(gw, number, {"text": "hi"}, key=None))[0] == 400
+    assert (await post_reply(gw, number, {"text": "  "}))[0] == 400
+    assert (await post_reply(gw, number, {"text": "hi", "colour": "red"}))[0] == 400
+    missing = number[:-1] + str((int(number[-1]) + 1) % 10)  # a wrong check digit
+    assert (await post_reply(gw, missing, {"text": "hi"}))[0] == 404
+    # No channel reaches the customer: refused at once, with the reason, nothing queued.
+    status, body = await post_reply(gw, number, {"text": "hi", "channel": "telegram"})
+    assert status == 422 and "telegram" in body["error"]
+    status, body = await post_reply(gw, number, {"text": "hi", "channel": "sms"}, key="k-2")
+    assert status == 422 and "sms" in body["error"]
+    assert "reply.queued" not in [e["type"] for e in await events(gw)]
+
+
+async def test_replies_are_signed_like_the_api_when_a_secret_is_set(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    gw = await make_gateway(mail_config(capture, '[replies]\n'
+                                        'secret_env = "INTAKE_TEST_REPLIES_SECRET"\n'))
+    who = customer()
+    number = await mail_in(gw, sender=who, subject="Hello", text="Where is my parcel?",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+    assert (await post_reply(gw, number, {"text": "On its way."}))[0] == 401
+    assert (await post_reply(gw, number, {"text": "On its way."}, secret="wrong"))[0] == 403
+    status, body = await post_reply(gw, number, {"text": "On its way."}, secret=SECRET)
+    assert status == 202, body
+    await wait_event(gw, "reply.sent", reply_id=body["reply_id"])
+
+
+async def test_a_resolution_asks_for_a_rating_in_the_customers_language(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    gw = await make_gateway(mail_config(capture))
+    who = customer()
+    number = await mail_in(gw, sender=who, subject="宽带故障",
+                           text="我家的宽带从昨天晚上开始断网，请尽快处理。",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+    await capture.wait_for(lambda m: who in m.rcpt_tos)
+    capture.clear()
+    status, body = await post_reply(gw, number, {"text": "已为您修复线路。", "resolution": True})
+    assert status == 202, body
+    mail = await capture.wait_for(lambda m: who in m.rcpt_tos)
+    assert "已为您修复线路" in mail.text()
+    assert f"您对工单 {number} 的处理结果满意吗" in mail.text()
+    assert "1（很不满意）到 5（非常满意）" in mail.text()
+    queued = await wait_event(gw, "reply.queued", reply_id=body["reply_id"])
+    assert queued["data"]["resolution"] is True
+
+
+# -- Telegram ------------------------------------------------------------------------------------
+
+
+async def test_a_telegram_reply_answers_the_customers_latest_message(
+        make_gateway: MakeGateway, telegram: FakeTelegram) -> None:
+    gw = await make_gateway(telegram_config(telegram))
+    update = {"update_id": 10, "message": {
+        "message_id": 77, "date": int(time.time()),
+        "chat": {"id": 4343, "type": "private", "first_name": "Mei"},
+        "from": {"id": 4343, "is_bot": False, "first_name": "Mei", "language_code": "en"},
+        "text": "My parcel never arrived"}}
+    status, _ = await telegram.deliver(update, url=f"{gw.url}/telegram/webhook",
+                                        secret_token=TG_SECRET)
+    assert status == 200
+    created = await wait_event(gw, "ticket.created")
+    number = created["subject"]
+    await wait_event(gw, "ack.sent")
+    status, body = await post_reply(gw, number, {"text": "A new parcel leaves today."})
+    assert status == 202 and body["channel"] == "telegram", body
+    sent = await wait_event(gw, "reply.sent", reply_id=body["reply_id"])
+    [reply] = [m for m in telegram.sent if m.text == "A new parcel leaves today."]
+    assert reply.chat_id == 4343 and reply.reply_to_message_id == 77
+    assert sent["data"]["provider_message_id"] == f"telegram:4343:{reply.message['message_id']}"
