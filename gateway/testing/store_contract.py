@@ -401,7 +401,7 @@ async def test_reply_outbox_records_once_per_key_and_settles(
                                                     subject="T-R", body=b"{}")))
     assert again.uid == "r-1" and again.request_hash == "h-k", "the key's first reply"
     assert len(await store.events_after(before, 10)) == 1, "nothing written for the repeat"
-    assert (await store.reply_by_key(ticket.id, "k")).uid == "r-1"  # type: ignore[union-attr]
+    assert (await store.reply_by_key(ticket.id, "k")).uid == "r-1"
     assert await store.reply_by_key(ticket.id, "other") is None
     later = time.time() + 3600
     await store.run(lambda tx: tx.insert_reply(
@@ -471,7 +471,7 @@ async def test_reply_target_names_the_contact_and_its_latest_messages(
     assert target is not None and (target.ticket_id, target.number, target.priority) == (
         ticket_id, "T-M", "low")
     assert sorted(target.identities) == [("email", "m@example.org"), ("phone", "+8613800000000")]
-    latest = msgspec.msgpack.decode(target.latest, type=InboundMessage)  # type: ignore[arg-type]
+    latest = msgspec.msgpack.decode(target.latest, type=InboundMessage)
     assert latest.text == "second"
     assert [msgspec.msgpack.decode(b, type=InboundMessage).text for b in target.recent] == [
         "second"], "newest first, at most recent_limit"
