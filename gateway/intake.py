@@ -38,6 +38,7 @@ from gateway.plugin.contract import (
     Outbox,
     Reply,
 )
+from gateway.replies.status import record_delivery
 from gateway.sla import BusinessCalendar, due_at, format_due
 from gateway.triage import Triager
 from intake_schemas import (
@@ -132,6 +133,14 @@ class IntakeService:
     async def first_use(self, scope: str, key: str, *, ttl: float) -> bool:
         """See :meth:`gateway.plugin.Intake.first_use`."""
         return await self.store.first_use(scope, key, ttl=ttl)
+
+    async def report_delivery(self, *, provider_id: str, delivered: bool,
+                              detail: str = "") -> bool:
+        """See :meth:`gateway.plugin.Intake.report_delivery`."""
+        source = self.config.intake.event_source
+        return await self.store.run(lambda tx: record_delivery(
+            tx, provider_id=provider_id, delivered=delivered, detail=detail,
+            event_source=source))
 
     async def submit(self, message: InboundMessage, *, reply: Reply = INLINE) -> Receipt:
         """See :meth:`gateway.plugin.Intake.submit`."""

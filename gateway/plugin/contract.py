@@ -162,6 +162,16 @@ class Intake(Protocol):
         """
         ...
 
+    async def report_delivery(self, *, provider_id: str, delivered: bool,
+                              detail: str = "") -> bool:
+        """The provider's later word on something we sent (a signed status callback, a bounce
+        naming our Message-ID): a reply becomes ``reply.delivered`` or ``reply.failed``, once.
+
+        Returns False when ``provider_id`` names no reply (an acknowledgement, or unknown).
+        ``detail`` is the provider's status or error code, never what the customer wrote.
+        """
+        ...
+
     def parse_ticket_number(self, text: str) -> str | None:
         """The canonical ticket number ``text`` is (a typed one: case, spaces, dashes forgiven),
         or None, also for a wrong check digit."""

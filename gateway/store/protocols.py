@@ -217,6 +217,10 @@ class ReplyOutboxTx(Protocol):
         """The reply the provider knows as ``provider_id`` (a status callback, a bounce)."""
         ...
 
+    def reply_ticket_number(self, uid: str) -> str:
+        """The number of reply ``uid``'s ticket."""
+        ...
+
 
 class StoreTx(Tx, AckOutboxTx, RelayTx, ReplyOutboxTx, Protocol):
     """Everything a function run by :meth:`Store.run` may do."""

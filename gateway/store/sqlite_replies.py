@@ -100,6 +100,12 @@ class SqliteReplyTx:
             (provider_id,)).fetchone())
 
 
+    def reply_ticket_number(self, uid: str) -> str:
+        return str(self.conn.execute(
+            "SELECT t.number FROM replies r JOIN tickets t ON t.id = r.ticket_id"
+            " WHERE r.uid = ?", (uid,)).fetchone()[0])
+
+
 class SqliteReplyReads:
     """:class:`gateway.store.protocols.ReplyOutbox` (mixed into ``SqliteStore``)."""
 
