@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
@@ -39,6 +39,7 @@ from gateway.plugin.contract import (
     Reply,
 )
 from gateway.replies.status import record_delivery
+from gateway.replies.texts import parse_rating
 from gateway.sla import BusinessCalendar, due_at, format_due
 from gateway.triage import Triager
 from intake_schemas import (
@@ -253,6 +254,9 @@ class IntakeService:
             event_source=self.config.intake.event_source,
             verified=verified,
             owner_routes=owner_routes,
+            rating=None if m.auto_submitted else parse_rating(m.text),
+            rating_since=received - timedelta(seconds=self.config.replies.rating_window)
+            if self.config.replies.satisfaction else None,
             inline_bytes=self.config.intake.event_inline_bytes,
             public_url=self.public_url,
         )

@@ -258,3 +258,37 @@ async def test_a_telegram_reply_answers_the_customers_latest_message(
     [reply] = [m for m in telegram.sent if m.text == "A new parcel leaves today."]
     assert reply.chat_id == 4343 and reply.reply_to_message_id == 77
     assert sent["data"]["provider_message_id"] == f"telegram:4343:{reply.message['message_id']}"
+
+
+async def test_a_rating_by_email_becomes_one_ticket_rated_event(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    gw = await make_gateway(mail_config(capture))
+    who = customer()
+    number = await mail_in(gw, sender=who, subject="Password reset",
+                           text="I cannot reset my password.",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+    await capture.wait_for(lambda m: who in m.rcpt_tos)
+    capture.clear()
+    status, body = await post_reply(gw, number, {"text": "Your password is reset.",
+                                                 "resolution": True})
+    assert status == 202
+    mail = await capture.wait_for(lambda m: who in m.rcpt_tos)
+    await wait_event(gw, "reply.sent", reply_id=body["reply_id"])
+    # The customer answers "4" above the quoted mail, as mail clients write it.
+    answer = await mail_in(gw, sender=who, subject=f"Re: {mail.subject}",
+                           text="4\r\n\r\nOn Monday you wrote:\r\n> How satisfied are you",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn",
+                           headers={"In-Reply-To": f"<{mail.message_id}>"})
+    assert answer == number, "no new ticket"
+    rated = await wait_event(gw, "ticket.rated")
+    assert rated["subject"] == number
+    assert rated["data"] | {"message_id": None} == {
+        "ticket_number": number, "rating": 4, "channel": "smtp",
+        "reply_id": body["reply_id"], "message_id": None}
+    # The same digit again is no second rating: it is an ordinary message on the ticket.
+    await mail_in(gw, sender=who, subject=f"Re: {mail.subject}", text="4",
+                  message_id=f"{uuid.uuid4().hex}@customers.example.cn",
+                  headers={"In-Reply-To": f"<{mail.message_id}>"})
+    types = [e["type"] for e in await events(gw)]
+    assert types.count("ticket.rated") == 1 and types.count("ticket.created") == 1
+    assert types[-1] == "ticket.message_added"

@@ -202,3 +202,21 @@ async def test_quiet_hours_hold_an_sms_unless_the_ticket_is_high_priority(
         "+8613700000002"]
     assert sent["data"]["channel"] == "sms"
     assert not [m for m in twilio.messages if m.body == "Held until we open."], "still held"
+
+
+async def test_a_rating_by_sms_becomes_one_ticket_rated_event(
+        make_gateway: Any, twilio: FakeTwilio) -> None:
+    gw = await make_gateway(toml(twilio, replies="quiet_hours = false"))
+    number = await ticket_from(gw, twilio, "我的宽带又断了")
+    status, body = await post_reply(gw, number, {"text": "线路已修复。", "resolution": True})
+    assert status == 202
+    await wait_event(gw, "reply.sent", reply_id=body["reply_id"])
+    [sms] = [m for m in twilio.messages if m.body.startswith("线路已修复")]
+    assert f"您对工单 {number} 的处理结果满意吗" in sms.body
+    got = await twilio.post_webhook(f"{gw.url}/twilio/sms", inbound("５"))
+    assert got.status == 200 and "<Message>" not in got.body.decode(), "no acknowledgement"
+    rated = await wait_event(gw, "ticket.rated")
+    assert (rated["subject"], rated["data"]["rating"], rated["data"]["channel"]) == (
+        number, 5, "twilio")
+    types = [e["type"] for e in await events(gw)]
+    assert types.count("ticket.created") == 1 and types.count("ticket.rated") == 1

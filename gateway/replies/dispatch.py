@@ -137,9 +137,12 @@ class ReplyDispatcher:
         REPLIES.labels(row.channel, "sent").inc()
         unguessable = sender.ack_ids_unguessable
         new = _new_event(event, row.ticket_number)
-        await self.store.run(lambda tx: tx.finish_reply(
-            row.uid, "sent", provider_id=provider_id, event=new, unguessable=unguessable,
-            attempts=attempts))
+        def sent(tx: ReplyOutboxTx) -> None:
+            tx.finish_reply(row.uid, "sent", provider_id=provider_id, event=new,
+                            unguessable=unguessable, attempts=attempts)
+            if row.resolution:
+                tx.resolve_ticket(row.ticket_id)
+        await self.store.run(sent)
 
     def _failure(self, row: DueReply, reason: str,
                  attempts: int) -> Callable[[ReplyOutboxTx], None]:

@@ -46,8 +46,12 @@ _FULLWIDTH = str.maketrans("１２３４５", "12345")
 def parse_rating(text: str) -> int | None:
     """1 to 5 when the message is only a rating (``4``, ``５``, ``4分``, ``5 stars``), else None.
 
-    Only the first line that is not quoted history counts (an email answer quotes our text)."""
-    for line in text.translate(_FULLWIDTH).splitlines():
+    Only the first line that is not quoted history counts (an email answer quotes our text);
+    it is looked at only when short, so every message pays for a few characters at most."""
+    head = text.lstrip()[:64]
+    if not head or head[0] not in "12345１２３４５":
+        return None
+    for line in head.translate(_FULLWIDTH).splitlines():
         if not line.strip():
             continue
         if line.lstrip().startswith(">"):

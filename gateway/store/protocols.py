@@ -190,6 +190,7 @@ class DueReply(NamedTuple):
     reply_to: str | None
     payload: bytes
     attempts: int
+    resolution: bool = False
 
 
 class ReplyOutboxTx(Protocol):
@@ -219,6 +220,11 @@ class ReplyOutboxTx(Protocol):
 
     def reply_ticket_number(self, uid: str) -> str:
         """The number of reply ``uid``'s ticket."""
+        ...
+
+    def resolve_ticket(self, ticket_id: int) -> None:
+        """Mark the ticket ``resolved`` (its resolution reply went out): chat messages no
+        longer join it by the chat window; replies quoting our messages still do."""
         ...
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from gateway.store.protocols import DueReply, NewEvent, NewReply, ReplyRow, ReplyTarget
@@ -24,8 +25,8 @@ CREATE TABLE IF NOT EXISTS replies(
     recipient TEXT NOT NULL, reply_to TEXT, payload BLOB NOT NULL,
     resolution INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL DEFAULT 'queued',
     attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL, provider_id TEXT,
-    last_error TEXT, created_at INTEGER NOT NULL, sent_at INTEGER,
-    UNIQUE(ticket_id, idempotency_key));
+    last_error TEXT, created_at INTEGER NOT NULL, sent_at INTEGER, rating INTEGER,
+    rated_at INTEGER, UNIQUE(ticket_id, idempotency_key));
 CREATE INDEX IF NOT EXISTS replies_due ON replies(status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS replies_recipient ON replies(channel, recipient, sent_at);
 CREATE INDEX IF NOT EXISTS replies_provider ON replies(provider_id);
@@ -100,6 +101,21 @@ class SqliteReplyTx:
             (provider_id,)).fetchone())
 
 
+    def resolve_ticket(self, ticket_id: int) -> None:
+        self.conn.execute("UPDATE tickets SET status = 'resolved' WHERE id = ?", (ticket_id,))
+
+    def pending_rating(self, contact_id: int, since: datetime) -> tuple[str, str] | None:
+        row = self.conn.execute(
+            "SELECT r.uid, t.number FROM replies r JOIN tickets t ON t.id = r.ticket_id"
+            " WHERE t.contact_id = ? AND r.resolution = 1 AND r.status IN ('sent', 'delivered')"
+            " AND r.sent_at >= ? AND r.rated_at IS NULL ORDER BY r.sent_at DESC, r.id DESC"
+            " LIMIT 1", (contact_id, int(since.timestamp() * 1_000_000))).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def mark_rated(self, reply_uid: str, rating: int) -> None:
+        self.conn.execute("UPDATE replies SET rating = ?, rated_at = ? WHERE uid = ?",
+                          (rating, time.time_ns() // 1000, reply_uid))
+
     def reply_ticket_number(self, uid: str) -> str:
         return str(self.conn.execute(
             "SELECT t.number FROM replies r JOIN tickets t ON t.id = r.ticket_id"
@@ -138,10 +154,11 @@ class SqliteReplyReads:
 
     async def due_replies(self, limit: int, now: float) -> list[DueReply]:
         def rows(c: sqlite3.Connection) -> list[DueReply]:
-            return [DueReply(str(u), int(t), str(n), str(ch), str(r), rt, bytes(p), int(a))
-                    for u, t, n, ch, r, rt, p, a in c.execute(
+            return [DueReply(str(u), int(t), str(n), str(ch), str(r), rt, bytes(p), int(a),
+                             bool(res))
+                    for u, t, n, ch, r, rt, p, a, res in c.execute(
                         "SELECT r.uid, r.ticket_id, t.number, r.channel, r.recipient,"
-                        " r.reply_to, r.payload, r.attempts FROM replies r"
+                        " r.reply_to, r.payload, r.attempts, r.resolution FROM replies r"
                         " JOIN tickets t ON t.id = r.ticket_id"
                         " WHERE r.status = 'queued' AND r.next_attempt_at <= ?"
                         " ORDER BY r.id LIMIT ?", (int(now * 1_000_000), limit))]

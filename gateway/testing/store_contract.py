@@ -429,6 +429,19 @@ async def test_reply_outbox_records_once_per_key_and_settles(
         "the customer's answer to the reply finds the ticket"
     by_id = await store.run(lambda tx: tx.reply_by_provider_id("<reply-1@gw>"))
     assert by_id is not None and (by_id.uid, by_id.status) == ("r-1", "sent")
+    assert await store.run(lambda tx: tx.reply_ticket_number("r-1")) == "T-R"
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    contact = ticket.contact_id
+    assert await store.run(lambda tx: tx.pending_rating(contact, since)) == ("r-1", "T-R"), \
+        "a sent resolution waits for its rating"
+    assert await store.run(lambda tx: tx.pending_rating(
+        contact, datetime.now(UTC) + timedelta(minutes=5))) is None, "only since `since`"
+    assert await store.run(lambda tx: tx.pending_rating(contact + 1, since)) is None
+    await store.run(lambda tx: tx.mark_rated("r-1", 4))
+    assert await store.run(lambda tx: tx.pending_rating(contact, since)) is None, "rated once"
+    await store.run(lambda tx: tx.resolve_ticket(ticket.id))
+    assert await store.run(lambda tx: tx.recent_open_ticket(contact, since)) is None, \
+        "a resolved ticket takes no chat follow-ups"
     await store.run(lambda tx: tx.finish_reply("r-1", "delivered"))
     await store.run(lambda tx: tx.finish_reply("r-3", "failed", error="refused"))
     assert await store.next_reply_attempt() is None
