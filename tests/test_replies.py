@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -292,3 +294,34 @@ async def test_a_rating_by_email_becomes_one_ticket_rated_event(
     types = [e["type"] for e in await events(gw)]
     assert types.count("ticket.rated") == 1 and types.count("ticket.created") == 1
     assert types[-1] == "ticket.message_added"
+
+
+async def test_the_cli_replies_through_the_running_gateway(
+        make_gateway: MakeGateway, capture: SmtpCapture, tmp_path: Path) -> None:
+    gw = await make_gateway(mail_config(capture, '[replies]\n'
+                                        'secret_env = "INTAKE_TEST_REPLIES_SECRET"\n'))
+    who = customer()
+    number = await mail_in(gw, sender=who, subject="Wifi", text="The wifi drops every hour.",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+    await capture.wait_for(lambda m: who in m.rcpt_tos)
+    capture.clear()
+    config = tmp_path / "cli.toml"
+    config.write_text('[replies]\nsecret_env = "INTAKE_TEST_REPLIES_SECRET"\n')
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "reply", number, "--config", str(config),
+             "--url", gw.url, *args], capture_output=True, text=True, timeout=60)
+
+    done = await asyncio.to_thread(cli, "--text", "Update the router firmware.", "--key", "c1")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["channel"] == "email" and answer["ticket_number"] == number
+    mail = await capture.wait_for(lambda m: who in m.rcpt_tos)
+    assert "Update the router firmware." in mail.text()
+    again = await asyncio.to_thread(cli, "--text", "Update the router firmware.", "--key", "c1")
+    assert again.returncode == 0 and json.loads(again.stdout)["replayed"] is True
+    refused = await asyncio.to_thread(cli, "--text", "x", "--channel", "telegram")
+    assert refused.returncode == 1 and "telegram" in refused.stderr
+    await replies_settled(gw)
+    assert len(capture.to(who)) == 1
