@@ -63,6 +63,8 @@ _T = TypeVar("_T")
 _TEXT_NUMBER_SCAN = 4000
 """Characters of the text searched for a ticket number (quoted history comes further down)."""
 _MAX_NAMED = 5
+_MAX_BOUNCED = 10
+"""Ids of one bounce looked up as replies (a sender can list thousands)."""
 
 
 class RunsDecision(Protocol):
@@ -159,10 +161,19 @@ class IntakeService:
         stored: StoredReceipt = await self.store.run(
             lambda tx: decide_and_record(tx, plan, self.numbering))
         outcome = "replayed" if stored.message_uid != plan.message_uid else stored.outcome
+        if outcome != "replayed" and message.metadata.get("mail_class") == "bounce":
+            await self._bounced(message)
         SUBMITTED.labels(message.channel, outcome).inc()
         SUBMIT_SECONDS.observe(time.perf_counter() - started)
         return self.receipt(stored, outcome=outcome, locale=message.locale,
                             not_kept=message.files_not_kept)
+
+    async def _bounced(self, message: InboundMessage) -> None:
+        """A bounce names the mail that bounced (its references): a reply of ours among them
+        becomes ``reply.failed`` (our Message-IDs are unguessable: only its mailbox saw one)."""
+        refs = [r for r in (message.thread.in_reply_to, *message.thread.references) if r]
+        for ref in dict.fromkeys(refs[:_MAX_BOUNCED]):
+            await self.report_delivery(provider_id=ref, delivered=False, detail="bounced")
 
     def receipt(self, stored: StoredReceipt, *, outcome: str, locale: str | None,
                 not_kept: Sequence[FileNotKept] = ()) -> Receipt:

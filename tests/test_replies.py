@@ -325,3 +325,26 @@ async def test_the_cli_replies_through_the_running_gateway(
     assert refused.returncode == 1 and "telegram" in refused.stderr
     await replies_settled(gw)
     assert len(capture.to(who)) == 1
+
+
+async def test_a_bounce_of_a_reply_is_reply_failed(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    from tests.test_mail_loops import bounce_of
+
+    gw = await make_gateway(mail_config(capture))
+    who = customer()
+    number = await mail_in(gw, sender=who, subject="Order", text="Where is order 1234?",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+    await capture.wait_for(lambda m: who in m.rcpt_tos)
+    capture.clear()
+    status, body = await post_reply(gw, number, {"text": "It ships today."})
+    assert status == 202
+    mail = await capture.wait_for(lambda m: who in m.rcpt_tos)
+    await wait_event(gw, "reply.sent", reply_id=body["reply_id"])
+    port = next(a for a in gw.adapters if isinstance(a, SmtpAdapter)).port
+    got = await asyncio.to_thread(smtp_transaction, port, sender="", recipients=[SUPPORT],
+                                  data=bounce_of(str(mail.message_id), who))
+    assert got.code == 250 and got.ticket == (number, "followup"), got
+    failed = await wait_event(gw, "reply.failed", reply_id=body["reply_id"])
+    assert failed["data"]["provider_message_id"] == mail.message_id
+    assert "bounced" in failed["data"]["reason"]
