@@ -61,6 +61,10 @@ def route_of(m: InboundMessage) -> Route | None:
         return Route(channel="wechat", to=c.chat_ids["wechat"])
     if "whatsapp" in c.chat_ids:
         return Route(channel="whatsapp", to=f"whatsapp:{c.chat_ids['whatsapp']}")
+    if m.channel in c.chat_ids and m.channel not in ("sms", "email"):
+        # A chat channel of its own (a web chat adapter ``webchat`` with chat_ids["webchat"]):
+        # answered on the channel of that name, by whichever adapter declares it.
+        return Route(channel=m.channel, to=c.chat_ids[m.channel])
     if m.channel == "twilio" and c.phone:
         voice = m.delivery_scope == "call"
         return Route(channel="sms", to=c.phone, because="voice_by_sms" if voice
@@ -73,14 +77,11 @@ def route_of(m: InboundMessage) -> Route | None:
 
 
 def _identity_route(channel: str, identities: Iterable[tuple[str, str]]) -> Route | None:
-    wanted = {"email": "email", "sms": "phone", "whatsapp": "chat:whatsapp",
-              "telegram": "chat:telegram", "wechat": "chat:wechat"}[channel]
+    wanted = {"email": "email", "sms": "phone"}.get(channel, f"chat:{channel}")
     for kind, value in identities:
         if kind == wanted:
             to = f"whatsapp:{value}" if channel == "whatsapp" else value
             return Route(channel=channel, to=to, because="requested")
-    if channel == "whatsapp":
-        return None
     return None
 
 
