@@ -348,3 +348,35 @@ async def test_a_bounce_of_a_reply_is_reply_failed(
     failed = await wait_event(gw, "reply.failed", reply_id=body["reply_id"])
     assert failed["data"]["provider_message_id"] == mail.message_id
     assert "bounced" in failed["data"]["reason"]
+
+
+async def test_the_per_recipient_limit_stops_a_looping_consumer(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    gw = await make_gateway(mail_config(capture, "[replies]\nper_recipient_limit = 2\n"))
+    who = customer()
+    number = await mail_in(gw, sender=who, subject="Loop", text="Please call me back.",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+    await capture.wait_for(lambda m: who in m.rcpt_tos)
+    capture.clear()
+    answers = [await post_reply(gw, number, {"text": f"Reply {i}"}, key=f"loop-{i}")
+               for i in range(3)]
+    assert [status for status, _ in answers] == [202, 202, 202]
+    failed = await wait_event(gw, "reply.failed", reply_id=answers[2][1]["reply_id"])
+    assert "per-recipient limit" in failed["data"]["reason"]
+    await replies_settled(gw)
+    assert sorted(m.text().strip() for m in capture.to(who)) == ["Reply 0", "Reply 1"]
+
+
+def test_unsigned_replies_are_refused_off_loopback(tmp_path: Path) -> None:
+    from gateway.config import parse_config
+    from gateway.errors import ConfigError
+
+    os.environ["INTAKE_TEST_REPLIES_EVENTS_TOKEN"] = "events-token-for-the-test"
+    base = ('[server]\nevents_token_env = "INTAKE_TEST_REPLIES_EVENTS_TOKEN"\n'
+            "[adapters.api]\nenabled = false\n")
+    with pytest.raises(ConfigError, match="unsigned replies"):
+        Gateway(parse_config(base), tmp_path / "a", listen="0.0.0.0:0")
+    signed = base + '[replies]\nsecret_env = "INTAKE_TEST_REPLIES_SECRET"\n'
+    assert Gateway(parse_config(signed), tmp_path / "b", listen="0.0.0.0:0").replies.authenticated
+    off = base + "[replies]\nenabled = false\n"
+    assert not Gateway(parse_config(off), tmp_path / "c", listen="0.0.0.0:0").replies.routes()
