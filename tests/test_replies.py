@@ -4,6 +4,7 @@ through PTB to the Bot API fake. The customer's answer to a reply is a follow-up
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -380,3 +381,28 @@ def test_unsigned_replies_are_refused_off_loopback(tmp_path: Path) -> None:
     assert Gateway(parse_config(signed), tmp_path / "b", listen="0.0.0.0:0").replies.authenticated
     off = base + "[replies]\nenabled = false\n"
     assert not Gateway(parse_config(off), tmp_path / "c", listen="0.0.0.0:0").replies.routes()
+
+
+async def test_email_reply_attachments_are_attached_and_their_headers_kept_clean(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    gw = await make_gateway(mail_config(capture))
+    who = customer()
+    number = await mail_in(gw, sender=who, subject="Invoice", text="Send me the invoice.",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+    await capture.wait_for(lambda m: who in m.rcpt_tos)
+    capture.clear()
+    pdf = b"%PDF-1.4 invoice"
+    status, _ = await post_reply(gw, number, {"text": "Attached.", "attachments": [
+        {"name": "invoice.pdf", "content_type": "application/pdf",
+         "data": base64.b64encode(pdf).decode()},
+        {"name": "evil\r\nBcc: x@evil.example.txt", "content_type": "text/plain\r\nX-A: 1",
+         "data": base64.b64encode(b"hi").decode()}]})
+    assert status == 202
+    mail = await capture.wait_for(lambda m: who in m.rcpt_tos)
+    parts = list(mail.message.iter_attachments())
+    assert [(p.get_content_type(), p.get_content()) for p in parts] == [
+        ("application/pdf", pdf), ("application/octet-stream", b"hi")]
+    assert "Bcc" not in mail.message and "X-A" not in str(parts[1])
+    too_many = [{"name": f"f{i}", "data": ""} for i in range(11)]
+    assert (await post_reply(gw, number, {"text": "x", "attachments": too_many},
+                             key="many"))[0] == 413

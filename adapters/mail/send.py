@@ -49,6 +49,7 @@ _env = jinja2.Environment(
 # stranger is refused rather than quoted: acknowledgements go to addresses the parser produced.
 _ADDRESS = re.compile(r"^[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+$")
 _MSG_ID = re.compile(r"^[^\s<>]+$")
+_MIME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}$")
 
 
 class ComposedAck(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,9 +133,10 @@ def compose_reply(reply: OutgoingReply, *, to: str, sender: str, sender_name: st
     if reply.html:
         msg.add_alternative(reply.html, subtype="html", charset="utf-8")
     for f in reply.files:
-        maintype, _, subtype = f.content_type.partition("/")
-        if not (maintype and subtype) or "\n" in f.content_type:
-            maintype, subtype = "application", "octet-stream"
+        # A type as the downstream wrote it, only when it is a plain type/subtype token pair:
+        # anything else (parameters, line breaks) would be written into the header.
+        maintype, subtype = (f.content_type.lower().split("/") if _MIME.fullmatch(f.content_type)
+                              else ["application", "octet-stream"])
         msg.add_attachment(f.data, maintype=maintype, subtype=subtype,
                            filename=f.name.replace("\r", " ").replace("\n", " ")[:200])
     msg["Content-Language"] = reply.locale

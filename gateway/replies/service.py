@@ -38,6 +38,7 @@ _message = msgspec.msgpack.Decoder(InboundMessage)
 _encode = msgspec.json.Encoder().encode
 _encode_mp = msgspec.msgpack.Encoder().encode
 _MAX_KEY = 200
+_MAX_FILES = 10
 
 
 class ReplyStore(ReplyOutbox, Protocol):
@@ -119,6 +120,11 @@ class ReplyService:
         if len(text) > self.config.max_text_chars:
             raise TooLarge(f"the reply has {len(text)} characters; the limit is "
                            f"{self.config.max_text_chars}")
+        if req.html is not None and len(req.html) > 4 * self.config.max_text_chars:
+            raise TooLarge(f"the HTML has {len(req.html)} characters; the limit is "
+                           f"{4 * self.config.max_text_chars}")
+        if len(req.attachments) > _MAX_FILES:
+            raise TooLarge(f"{len(req.attachments)} attachments; the limit is {_MAX_FILES}")
         latest = None if target.latest is None else _message.decode(target.latest)
         recent = [_message.decode(b) for b in target.recent]
         now = self.clock()
