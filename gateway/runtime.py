@@ -107,7 +107,8 @@ class Gateway:
             config.replies, self.store, self.adapters,
             api_config=self.adapter_configs.get("api"), numbering=self.intake.numbering,
             calendar=self.intake.calendar, default_locale=config.intake.default_locale,
-            event_source=config.intake.event_source, first_use=self.store.first_use)
+            event_source=config.intake.event_source, first_use=self.store.first_use,
+            public_url=public_url)
         if not is_loopback(self.host):
             self._refuse_open_listener()
         self.waiters = EventWaiters(0)

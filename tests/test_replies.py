@@ -406,3 +406,45 @@ async def test_email_reply_attachments_are_attached_and_their_headers_kept_clean
     too_many = [{"name": f"f{i}", "data": ""} for i in range(11)]
     assert (await post_reply(gw, number, {"text": "x", "attachments": too_many},
                              key="many"))[0] == 413
+
+
+async def test_the_signed_rating_link_takes_one_rating(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    gw = await make_gateway(mail_config(capture, '[replies]\n'
+                                        'secret_env = "INTAKE_TEST_REPLIES_SECRET"\n'))
+    who = customer()
+    number = await mail_in(gw, sender=who, subject="Refund", text="Where is my refund?",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+    await capture.wait_for(lambda m: who in m.rcpt_tos)
+    capture.clear()
+    status, body = await post_reply(gw, number, {"text": "Refunded today.", "resolution": True},
+                                    secret=SECRET)
+    assert status == 202
+    mail = await capture.wait_for(lambda m: who in m.rcpt_tos)
+    link = next(w for w in mail.text().split() if "/v1/ratings/" in w)
+    assert link.startswith(f"{gw.url}/v1/ratings/{body['reply_id']}?")
+    async with aiohttp.ClientSession() as s:
+        for _ in range(100):  # the page answers once the send is recorded (reply.sent)
+            async with s.get(link) as resp:
+                if resp.status == 200:
+                    page = await resp.text()
+                    break
+            await asyncio.sleep(0.05)
+        assert number in page and 'value="5"' in page and "<script" not in page
+        async with s.get(link.replace("sig=", "sig=0")) as resp:
+            assert resp.status == 403
+        async with s.post(link, data={"rating": "9"}) as resp:
+            assert resp.status == 400
+        async with s.post(link, data={"rating": "5"}) as resp:
+            assert resp.status == 200 and "Thank you" in await resp.text()
+        async with s.post(link, data={"rating": "1"}) as resp:
+            assert resp.status == 410, "one rating per resolution"
+    rated = await wait_event(gw, "ticket.rated")
+    assert (rated["subject"], rated["data"]["rating"], rated["data"]["channel"],
+            rated["data"]["reply_id"]) == (number, 5, "link", body["reply_id"])
+    assert [e["type"] for e in await events(gw)].count("ticket.rated") == 1
+    # Rated by the link: a later "3" by mail is an ordinary message, not a second rating.
+    await mail_in(gw, sender=who, subject=f"Re: {mail.subject}", text="3",
+                  message_id=f"{uuid.uuid4().hex}@customers.example.cn",
+                  headers={"In-Reply-To": f"<{mail.message_id}>"})
+    assert [e["type"] for e in await events(gw)].count("ticket.rated") == 1

@@ -12,6 +12,7 @@ from gateway.numbering import TicketNumbering
 from gateway.plugin import AdapterBase, RequestSigner, parse_duration, resolve_secret
 from gateway.replies.config import ReplyConfig
 from gateway.replies.dispatch import ReplyDispatcher
+from gateway.replies.rating_page import RatingLinks
 from gateway.replies.service import ReplyService
 from gateway.sla import BusinessCalendar
 
@@ -22,7 +23,7 @@ class Replies:
     def __init__(self, config: ReplyConfig, store: Any, adapters: Iterable[AdapterBase], *,
                  api_config: Any, numbering: TicketNumbering, calendar: BusinessCalendar,
                  default_locale: str, event_source: str,
-                 first_use: Callable[..., Awaitable[bool]]) -> None:
+                 first_use: Callable[..., Awaitable[bool]], public_url: str = "") -> None:
         self.config = config
         self.senders: dict[str, AdapterBase] = {}
         for adapter in adapters:
@@ -42,10 +43,12 @@ class Replies:
         window = parse_duration(config.replay_window, key="replies.replay_window")
         self.signer = None if secret is None else RequestSigner(
             secret, window=window.total_seconds(), scope="api:signature")
+        links = (RatingLinks(secret, public_url, store, event_source)
+                 if secret is not None and public_url and config.rating_link else None)
         self.service = ReplyService(config, store, self.senders, numbering=numbering,
                                     calendar=calendar, default_locale=default_locale,
                                     event_source=event_source, signer=self.signer,
-                                    first_use=first_use)
+                                    first_use=first_use, links=links)
         self.dispatcher = ReplyDispatcher(store, self.senders, config=config,
                                           event_source=event_source)
 

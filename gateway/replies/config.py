@@ -33,6 +33,9 @@ class ReplyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     the ticket is high priority."""
     satisfaction: bool = True
     """A ``resolution`` reply asks for a rating 1 to 5; the answer becomes ``ticket.rated``."""
+    rating_link: bool = True
+    """The question also carries a signed link to a one-question page (``/v1/ratings/…``), when
+    replies have a signing secret (the link's key is derived from it)."""
     rating_window: float = 604_800.0
     """Seconds after a resolution within which a bare 1 to 5 from the contact is its rating."""
 

@@ -24,6 +24,7 @@ from gateway.ids import new_id
 from gateway.numbering import TicketNumbering
 from gateway.plugin import OutgoingReply, ReplyFile, ReplySender, RequestSigner
 from gateway.replies.config import ReplyConfig
+from gateway.replies.rating_page import RatingLinks
 from gateway.replies.routing import Route, SenderRules, choose_route
 from gateway.replies.texts import reply_subject, satisfaction_question
 from gateway.sla import BusinessCalendar
@@ -60,7 +61,8 @@ class ReplyService:
                  *, numbering: TicketNumbering, calendar: BusinessCalendar, default_locale: str,
                  event_source: str, signer: RequestSigner | None,
                  first_use: Callable[..., Awaitable[bool]],
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 links: RatingLinks | None = None) -> None:
         self.config = config
         self.store = store
         self.senders = senders
@@ -71,6 +73,8 @@ class ReplyService:
         self.signer = signer
         self.first_use = first_use
         self.clock = clock
+        self.links = links
+        """Signed links to the one-question rating page; None without a secret."""
 
     def rules(self) -> dict[str, SenderRules]:
         return {channel: SenderRules(window=sender.reply_windows.get(channel),
@@ -78,7 +82,8 @@ class ReplyService:
                 for channel, sender in self.senders.items()}
 
     def routes(self) -> list[web.AbstractRouteDef]:
-        return [web.post("/v1/tickets/{number}/replies", self.handle)]
+        links = self.links.routes() if self.links is not None else []
+        return [web.post("/v1/tickets/{number}/replies", self.handle), *links]
 
     async def handle(self, request: web.Request) -> web.Response:
         """Verify, decode, accept; 202 with the reply id once it is durable."""
@@ -132,12 +137,15 @@ class ReplyService:
                              requested=req.channel, senders=self.rules(),
                              fallback=self.config.window_fallback, now=now)
         locale = pick_locale(latest.locale if latest else None, self.default_locale)
+        reply_id = new_id()
         if req.resolution and self.config.satisfaction:
-            text = f"{text}\n\n{satisfaction_question(target.number, locale)}"
+            link = (self.links.link(reply_id, locale) if self.links is not None
+                    and self.config.rating_link else None)
+            text = f"{text}\n\n{satisfaction_question(target.number, locale, link)}"
         subject = reply_subject(target.number, locale, _customer_subject(latest, recent, route))
         html = nh3.clean(req.html) if req.html else None
         outgoing = OutgoingReply(
-            reply_id=new_id(), ticket_number=target.number, subject=subject, text=text,
+            reply_id=reply_id, ticket_number=target.number, subject=subject, text=text,
             html=html, locale=locale, template=route.template,
             files=[ReplyFile(name=a.name, content_type=a.content_type, data=a.data)
                    for a in req.attachments])

@@ -34,9 +34,32 @@ def reply_subject(number: str, locale: str, customer_subject: str = "") -> str:
     return f"[{number}] Re: {subject}"
 
 
-def satisfaction_question(number: str, locale: str) -> str:
-    """The one-question survey a resolution carries, in the customer's language."""
-    return _SATISFACTION.get(locale, _SATISFACTION["en"]).format(number=number)
+_LINK = {
+    "en": " Or rate it here: {link}",
+    "zh-CN": "也可在此评价：{link}",
+    "zh-TW": "也可在此評價：{link}",
+}
+
+
+def satisfaction_question(number: str, locale: str, link: str | None = None) -> str:
+    """The one-question survey a resolution carries, in the customer's language, with the
+    signed link to the one-question page when there is one."""
+    text = _SATISFACTION.get(locale, _SATISFACTION["en"]).format(number=number)
+    if link:
+        text += _LINK.get(locale, _LINK["en"]).format(link=link)
+    return text
+
+
+RATING_PAGE = {
+    "en": ("How satisfied are you with how we handled ticket {number}?",
+           "Thank you for your rating.", "This link was used already, or it has expired.",
+           ("not at all", "very satisfied")),
+    "zh-CN": ("您对工单 {number} 的处理结果满意吗？", "感谢您的评价。", "此链接已使用或已失效。",
+              ("很不满意", "非常满意")),
+    "zh-TW": ("您對工單 {number} 的處理結果滿意嗎？", "感謝您的評價。", "此連結已使用或已失效。",
+              ("很不滿意", "非常滿意")),
+}
+"""The one-question page: the question, the thanks, the refusal, the scale's two ends."""
 
 
 _RATING = re.compile(r"^\s*([1-5])\s*(?:分|星|stars?|/\s*5)?\s*[.!。！]?\s*$", re.IGNORECASE)

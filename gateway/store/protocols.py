@@ -222,6 +222,19 @@ class ReplyOutboxTx(Protocol):
         """The number of reply ``uid``'s ticket."""
         ...
 
+    def ratable_reply(self, uid: str) -> tuple[str, str] | None:
+        """(ticket number, priority) when ``uid`` is a sent resolution not rated yet."""
+        ...
+
+    def mark_rated(self, reply_uid: str, rating: int) -> None:
+        """Record the rating the resolution ``reply_uid`` received."""
+        ...
+
+    def append_event(self, *, event_id: str, type_: str, subject: str, priority: str | None,
+                     body: bytes, escalated: bool = False) -> int:
+        """As :meth:`gateway.decision.Tx.append_event`."""
+        ...
+
     def resolve_ticket(self, ticket_id: int) -> None:
         """Mark the ticket ``resolved`` (its resolution reply went out): chat messages no
         longer join it by the chat window; replies quoting our messages still do."""

@@ -112,6 +112,13 @@ class SqliteReplyTx:
             " LIMIT 1", (contact_id, int(since.timestamp() * 1_000_000))).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
+    def ratable_reply(self, uid: str) -> tuple[str, str] | None:
+        row = self.conn.execute(
+            "SELECT t.number, t.priority FROM replies r JOIN tickets t ON t.id = r.ticket_id"
+            " WHERE r.uid = ? AND r.resolution = 1 AND r.status IN ('sent', 'delivered')"
+            " AND r.rated_at IS NULL", (uid,)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
     def mark_rated(self, reply_uid: str, rating: int) -> None:
         self.conn.execute("UPDATE replies SET rating = ?, rated_at = ? WHERE uid = ?",
                           (rating, time.time_ns() // 1000, reply_uid))

@@ -437,7 +437,10 @@ async def test_reply_outbox_records_once_per_key_and_settles(
     assert await store.run(lambda tx: tx.pending_rating(
         contact, datetime.now(UTC) + timedelta(minutes=5))) is None, "only since `since`"
     assert await store.run(lambda tx: tx.pending_rating(contact + 1, since)) is None
+    assert await store.run(lambda tx: tx.ratable_reply("r-1")) == ("T-R", "low")
+    assert await store.run(lambda tx: tx.ratable_reply("r-3")) is None, "not sent yet"
     await store.run(lambda tx: tx.mark_rated("r-1", 4))
+    assert await store.run(lambda tx: tx.ratable_reply("r-1")) is None, "rated once"
     assert await store.run(lambda tx: tx.pending_rating(contact, since)) is None, "rated once"
     await store.run(lambda tx: tx.resolve_ticket(ticket.id))
     assert await store.run(lambda tx: tx.recent_open_ticket(contact, since)) is None, \
