@@ -349,6 +349,12 @@ async def test_a_bounce_of_a_reply_is_reply_failed(
     failed = await wait_event(gw, "reply.failed", reply_id=body["reply_id"])
     assert failed["data"]["provider_message_id"] == mail.message_id
     assert "bounced" in failed["data"]["reason"]
+    # The bounce joined the ticket, but it is not the customer: the next reply goes to them.
+    capture.clear()
+    status, body = await post_reply(gw, number, {"text": "Second try."}, key="k-2")
+    assert status == 202 and body["channel"] == "email", body
+    again = await capture.wait_for(lambda m: "Second try." in m.text())
+    assert again.rcpt_tos == [who]
 
 
 async def test_the_per_recipient_limit_stops_a_looping_consumer(

@@ -132,6 +132,9 @@ class ReplyService:
             raise TooLarge(f"{len(req.attachments)} attachments; the limit is {_MAX_FILES}")
         latest = None if target.latest is None else _message.decode(target.latest)
         recent = [_message.decode(b) for b in target.recent]
+        if latest is not None and latest.auto_submitted:
+            # The customer's auto-reply is no channel they chose: their latest own words are.
+            latest = next((m for m in recent if not m.auto_submitted), latest)
         now = self.clock()
         route = choose_route(latest=latest, recent=recent, identities=target.identities,
                              requested=req.channel, senders=self.rules(),

@@ -141,7 +141,8 @@ class ReplyTarget(NamedTuple):
     identities: list[tuple[str, str]]
     """The ticket contact's identities, (kind, value): ``email``, ``phone``, ``chat:<net>``."""
     latest: bytes | None
-    """The ticket's latest message, as stored (msgpack ``InboundMessage``); None if none."""
+    """The ticket's latest message from the ticket's own contact, as stored (msgpack
+    ``InboundMessage``); None if none."""
     recent: list[bytes]
     """The contact's latest messages on any ticket, newest first (at most ``recent_limit``),
     for the channels' windows (the customer's last WhatsApp or WeChat message)."""

@@ -144,9 +144,10 @@ class SqliteReplyReads:
             identities = [(str(k), str(v)) for k, v in c.execute(
                 "SELECT kind, value FROM identities WHERE contact_id = ? ORDER BY kind, value",
                 (t[3],))]
-            latest = c.execute("SELECT body FROM messages WHERE ticket_id = ?"
+            # The customer's own latest message: not a colleague's, not a bounce's sender.
+            latest = c.execute("SELECT body FROM messages WHERE ticket_id = ? AND contact_id = ?"
                                " ORDER BY received_at DESC, id DESC LIMIT 1",
-                               (t[0],)).fetchone()
+                               (t[0], t[3])).fetchone()
             recent = [bytes(b) for (b,) in c.execute(
                 "SELECT body FROM messages WHERE contact_id = ?"
                 " ORDER BY received_at DESC, id DESC LIMIT ?", (t[3], recent_limit))]

@@ -487,6 +487,21 @@ async def test_reply_target_names_the_contact_and_its_latest_messages(
     assert target is not None and (target.ticket_id, target.number, target.priority) == (
         ticket_id, "T-M", "low")
     assert sorted(target.identities) == [("email", "m@example.org"), ("phone", "+8613800000000")]
+    # Another contact's message on the ticket (a colleague, a bounce) is not the latest.
+    other = msgspec.structs.replace(plan, message_uid="u-other", identities=[
+        ("email", "colleague@example.org")], message=msgspec.structs.replace(
+            plan.message, text="a colleague", contact=Contact(email="colleague@example.org"),
+            received_at=plan.message.received_at + timedelta(seconds=5)))
+
+    def colleague(tx: StoreTx) -> None:
+        cid, _ = tx.resolve_contact(other.identities, None, None)
+        tx.insert_message(plan=other, ticket_id=ticket_id, contact_id=cid,
+                          receipt=StoredReceipt(outcome="followup", ticket_number="T-M",
+                                                message_uid="u-other", priority="low",
+                                                due_at=plan.due_at, acknowledge=False))
+    await store.run(colleague)
+    target = await store.reply_target("T-M", recent_limit=1)
+    assert target is not None
     latest = msgspec.msgpack.decode(target.latest, type=InboundMessage)
     assert latest.text == "second"
     assert [msgspec.msgpack.decode(b, type=InboundMessage).text for b in target.recent] == [
