@@ -45,12 +45,13 @@ class Replies:
             secret, window=window.total_seconds(), scope="api:signature")
         links = (RatingLinks(secret, public_url, store, event_source)
                  if secret is not None and public_url and config.rating_link else None)
+        self.dispatcher = ReplyDispatcher(store, self.senders, config=config,
+                                          event_source=event_source)
         self.service = ReplyService(config, store, self.senders, numbering=numbering,
                                     calendar=calendar, default_locale=default_locale,
                                     event_source=event_source, signer=self.signer,
-                                    first_use=first_use, links=links)
-        self.dispatcher = ReplyDispatcher(store, self.senders, config=config,
-                                          event_source=event_source)
+                                    first_use=first_use, links=links,
+                                    on_queued=self.dispatcher.wake)
 
     @property
     def authenticated(self) -> bool:

@@ -28,7 +28,7 @@ from gateway.errors import PermanentError, TransientError
 from gateway.ids import new_id
 from gateway.plugin import OutgoingReply, ReplySender
 from gateway.replies.config import ReplyConfig
-from gateway.store.protocols import DueReply, EventLog, NewEvent, ReplyOutbox, ReplyOutboxTx
+from gateway.store.protocols import DueReply, NewEvent, ReplyOutbox, ReplyOutboxTx
 from intake_schemas import ReplyFailed, ReplyFailedData, ReplySent, ReplySentData
 
 T = TypeVar("T")
@@ -43,7 +43,7 @@ _encode = msgspec.json.Encoder().encode
 _BATCH = 50
 
 
-class ReplyDispatchStore(ReplyOutbox, EventLog, Protocol):
+class ReplyDispatchStore(ReplyOutbox, Protocol):
     async def run(self, fn: Callable[[ReplyOutboxTx], T]) -> T: ...
 
 
@@ -64,7 +64,8 @@ class ReplyDispatcher:
         self._wake.set()
 
     async def start(self) -> None:
-        self.store.on_commit(lambda _seq: self._wake.set())
+        # Woken by the endpoint when it queued a reply (``wake``), not on every commit: the
+        # intake's commits must not each cost this dispatcher two reads.
         self._wake.set()
         self._task = asyncio.create_task(self._run(), name="reply-dispatcher")
 

@@ -62,7 +62,8 @@ class ReplyService:
                  event_source: str, signer: RequestSigner | None,
                  first_use: Callable[..., Awaitable[bool]],
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 links: RatingLinks | None = None) -> None:
+                 links: RatingLinks | None = None,
+                 on_queued: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.store = store
         self.senders = senders
@@ -74,6 +75,8 @@ class ReplyService:
         self.first_use = first_use
         self.clock = clock
         self.links = links
+        self.on_queued = on_queued
+        """Called once a reply is durable: wakes the dispatcher."""
         """Signed links to the one-question rating page; None without a secret."""
 
     def rules(self) -> dict[str, SenderRules]:
@@ -170,6 +173,7 @@ class ReplyService:
         stored = await self.store.run(lambda tx: tx.insert_reply(row, NewEvent(
             id=event.id, type="reply.queued", subject=target.number, body=_encode(event),
             priority=target.priority)))
+        self.on_queued()
         if stored.uid != row.uid:  # a concurrent request with the same key won
             return self._replayed(stored.request_hash, request_hash, stored.uid, target.number,
                                   stored.channel, stored.status)
