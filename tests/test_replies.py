@@ -454,3 +454,26 @@ async def test_the_signed_rating_link_takes_one_rating(
                   message_id=f"{uuid.uuid4().hex}@customers.example.cn",
                   headers={"In-Reply-To": f"<{mail.message_id}>"})
     assert [e["type"] for e in await events(gw)].count("ticket.rated") == 1
+
+
+async def test_a_long_telegram_reply_goes_in_parts_of_4096(
+        make_gateway: MakeGateway, telegram: FakeTelegram) -> None:
+    gw = await make_gateway(telegram_config(telegram))
+    update = {"update_id": 11, "message": {
+        "message_id": 78, "date": int(time.time()),
+        "chat": {"id": 4444, "type": "private", "first_name": "Li"},
+        "from": {"id": 4444, "is_bot": False, "first_name": "Li", "language_code": "en"},
+        "text": "Please send me the full terms"}}
+    status, _ = await telegram.deliver(update, url=f"{gw.url}/telegram/webhook",
+                                       secret_token=TG_SECRET)
+    assert status == 200
+    number = (await wait_event(gw, "ticket.created"))["subject"]
+    await wait_event(gw, "ack.sent")
+    text = "x" * 5000
+    status, body = await post_reply(gw, number, {"text": text})
+    assert status == 202
+    sent = await wait_event(gw, "reply.sent", reply_id=body["reply_id"])
+    parts = [m for m in telegram.sent if m.chat_id == 4444 and set(m.text) == {"x"}]
+    assert [len(m.text) for m in parts] == [4096, 904]
+    assert parts[0].reply_to_message_id == 78 and parts[1].reply_to_message_id is None
+    assert sent["data"]["provider_message_id"] == f"telegram:4444:{parts[0].message['message_id']}"
