@@ -220,3 +220,24 @@ async def test_a_rating_by_sms_becomes_one_ticket_rated_event(
         number, 5, "twilio")
     types = [e["type"] for e in await events(gw)]
     assert types.count("ticket.created") == 1 and types.count("ticket.rated") == 1
+
+
+async def test_a_voice_mail_is_answered_by_sms(make_gateway: Any) -> None:
+    from tests.test_voice import MOBILE, Call
+    from tests.test_voice import SID as VOICE_SID
+    from tests.test_voice import TOKEN as VOICE_TOKEN
+    from tests.test_voice import toml as voice_toml
+
+    async with FakeTwilio(VOICE_SID, VOICE_TOKEN) as fake:
+        gw = await make_gateway(voice_toml(fake) + "\n[replies]\nquiet_hours = false\n")
+        call = Call(fake, gw)
+        await call.incoming()
+        await call.recording()
+        await call.transcription("My internet has been down since this morning.")
+        created = await wait_event(gw, "ticket.created")
+        status, body = await post_reply(gw, created["subject"], {"text": "Fixed, please retry."})
+        assert status == 202 and body["channel"] == "sms", body
+        queued = await wait_event(gw, "reply.queued", reply_id=body["reply_id"])
+        assert queued["data"]["chosen_because"] == "voice_by_sms"
+        await wait_event(gw, "reply.sent", reply_id=body["reply_id"])
+        assert [m.to for m in fake.messages if m.body == "Fixed, please retry."] == [MOBILE]
