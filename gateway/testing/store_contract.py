@@ -411,7 +411,8 @@ async def test_reply_outbox_records_once_per_key_and_settles(
     now = time.time()
     [due] = await store.due_replies(50, now)
     assert (due.uid, due.ticket_number, due.recipient, due.reply_to, due.payload,
-            due.attempts) == ("r-1", "T-R", "a@example.org", "m@customer", b"reply-r-1", 0)
+            due.attempts, due.resolution) == ("r-1", "T-R", "a@example.org", "m@customer",
+                                              b"reply-r-1", 0, True)
     assert [d.uid for d in await store.due_replies(50, later + 1)] == ["r-1", "r-3"]
     await store.run(lambda tx: tx.retry_reply("r-1", 1, now + 60, "451 later"))
     assert await store.due_replies(50, now) == []
