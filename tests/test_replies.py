@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -477,3 +478,44 @@ async def test_a_long_telegram_reply_goes_in_parts_of_4096(
     assert [len(m.text) for m in parts] == [4096, 904]
     assert parts[0].reply_to_message_id == 78 and parts[1].reply_to_message_id is None
     assert sent["data"]["provider_message_id"] == f"telegram:4444:{parts[0].message['message_id']}"
+
+
+async def test_no_customer_data_in_the_logs_of_a_reply(
+        make_gateway: MakeGateway, capture: SmtpCapture) -> None:
+    from tests.test_log_secrets import Lines
+
+    handler = Lines()
+    root = logging.getLogger()
+    saved = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        # The relay refuses the reply once (a 451: retried), then takes it.
+        gw = await make_gateway(mail_config(capture, "[replies]\nmax_backoff = 0.5\n"))
+        who = "wang.logtest@customers.example.cn"
+        number = await mail_in(gw, sender=who, subject="Secret subject LGX1",
+                               text="private words LGX2",
+                               message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+        await capture.wait_for(lambda m: who in m.rcpt_tos)
+        capture.clear()
+        capture.reply = "451 4.3.0 try later"
+        status, body = await post_reply(gw, number, {"text": "the reply's words LGX3",
+                                                     "channel": "email"})
+        assert status == 202
+        deadline = asyncio.get_running_loop().time() + 10
+        while (at := await gw.store.next_reply_attempt()) is None or at <= time.time():
+            assert asyncio.get_running_loop().time() < deadline, "no retry was scheduled"
+            await asyncio.sleep(0.01)
+        capture.reply = None
+        sent = await wait_event(gw, "reply.sent", reply_id=body["reply_id"])
+        assert sent["data"]["attempts"] == 2
+        status, _ = await post_reply(gw, number, {"text": "no route LGX4", "channel": "sms"},
+                                     key="k-sms")
+        assert status == 422
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
+    text = "\n".join(handler.lines)
+    assert handler.lines, "something was logged"
+    for secret in (who, "wang.logtest", "LGX1", "LGX2", "LGX3", "LGX4"):
+        assert secret not in text, secret
