@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
@@ -11,7 +9,7 @@ from typing import ClassVar
 import msgspec
 from aiohttp import web
 
-from gateway.errors import Forbidden, RejectedInput, Unauthorized
+from gateway.errors import RejectedInput
 from gateway.plugin import (
     AdapterBase,
     AdapterContext,
@@ -20,14 +18,19 @@ from gateway.plugin import (
     Intake,
     Operation,
     Param,
+    RequestSigner,
     normalize_email,
     normalize_phone,
     parse_duration,
     refused,
     resolve_secret,
+    sign_request,
 )
+from gateway.plugin.signing import SignatureReplayed
 from intake_schemas import Contact, InboundMessage, Receipt, ThreadHints
 from intake_schemas.api import ApiMessage
+
+__all__ = ["ApiAdapter", "ApiConfig", "SignatureReplayed", "sign_request"]
 
 
 class ApiConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -62,19 +65,6 @@ def _header_locale(accept_language: str | None) -> str | None:
     return tag if _LANGUAGE_TAG.match(tag) else None
 
 
-def sign_request(secret: str, timestamp: str, body: bytes) -> str:
-    """The ``X-Intake-Signature`` value: ``sha256=`` + hex HMAC over ``"{timestamp}." + body``."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
-class SignatureReplayed(RejectedInput):
-    """A byte-identical signed request seen before: HTTP 409, the client must sign afresh."""
-
-    status = 409
-    smtp_code = 550
-
-
 class ApiAdapter(AdapterBase):
     """JSON in, receipt out: 201 with the ticket for ``created``, 200 for the other outcomes."""
 
@@ -88,6 +78,8 @@ class ApiAdapter(AdapterBase):
         self.secret = resolve_secret(config.secret_env, config.secret_file,
                                      key="adapters.api.secret")
         self.window = parse_duration(config.replay_window, key="adapters.api.replay_window")
+        self.signer = (None if self.secret is None else RequestSigner(
+            self.secret, window=self.window.total_seconds(), scope="api:signature"))
 
     @property
     def authenticated(self) -> bool:
@@ -127,31 +119,9 @@ class ApiAdapter(AdapterBase):
                      refused(429, "Too many requests: retry after Retry-After.")))]
 
     async def _verify(self, request: web.Request, body: bytes) -> None:
-        assert self.secret is not None
-        ts = request.headers.get("X-Intake-Timestamp", "")
-        sig = request.headers.get("X-Intake-Signature", "")
-        if not ts or not sig:
-            raise Unauthorized("this API requires X-Intake-Timestamp and X-Intake-Signature "
-                               "headers (HMAC-SHA256 over \"{timestamp}.{body}\")")
-        # ASCII digits of a sane length (int("1" + "0" * 400) overflows the float below); a
-        # header byte that is not UTF-8 arrives as a surrogate, which cannot be encoded.
-        if not (ts.isascii() and ts.isdigit() and len(ts) <= 12):
-            raise Unauthorized("X-Intake-Timestamp must be Unix seconds")
-        window = self.window.total_seconds()
-        now = self.ctx.clock().timestamp()
-        if abs(now - int(ts)) > window:
-            raise Unauthorized("X-Intake-Timestamp is outside the accepted window; check the "
-                               "client's clock and sign each request afresh")
-        if not sig.isascii() or not hmac.compare_digest(
-                sig.encode("ascii"), sign_request(self.secret, ts, body).encode()):
-            raise Forbidden("the signature does not match the body")
-        # Kept until the timestamp leaves the window on its far side, across restarts.
-        ttl = max(int(ts) + window - now, 0.0) + 1.0
-        if not await self.intake.first_use("api:signature", sig, ttl=ttl):
-            raise SignatureReplayed(
-                "this exact signed request was accepted already (replay guard); to retry, "
-                "sign it afresh with a new X-Intake-Timestamp and keep the same "
-                "Idempotency-Key, which makes the retry return the first receipt")
+        assert self.signer is not None
+        await self.signer.verify(request.headers, body, now=self.ctx.clock().timestamp(),
+                                 first_use=self.intake.first_use)
 
     async def handle(self, request: web.Request) -> web.Response:
         """Verify, decode, submit, answer with the receipt."""

@@ -1,4 +1,4 @@
-"""``intake-gateway serve | check-config | schema | tail``."""
+"""``intake-gateway serve | check-config | schema | tail | replay | reply``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", parents=[common],
                             help="list or re-publish dead-lettered events")
     replay.add_argument("--list", action="store_true", help="only list them")
+    from gateway.replies.command import add_arguments as reply_arguments
+    reply_arguments(sub.add_parser("reply", parents=[common],
+                                   help="answer a ticket's customer on their channel"))
     return p
 
 
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             return _tail(args)
         if args.command == "replay":
             return asyncio.run(_replay(config, args))
+        if args.command == "reply":
+            from gateway.replies.command import run as reply
+            return reply(config, args)
     except ConfigError as exc:
         print(f"intake-gateway: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from gateway.plugin.settings import (  # noqa: F401  (re-exported: the core's ca
     resolve_secret,
     split_listen,
 )
+from gateway.replies.config import ReplyConfig
 from gateway.sla import CalendarConfig, TargetsConfig
 from gateway.triage import TriageConfig
 
@@ -173,6 +174,8 @@ class Config(_Section, frozen=True):
     queue: QueueConfig = QueueConfig()
     acks: AckPolicy = AckPolicy()
     dashboard: DashboardConfig = DashboardConfig()
+    replies: ReplyConfig = ReplyConfig()
+    """Downstream replies out (``POST /v1/tickets/{number}/replies``)."""
     adapters: dict[str, dict[str, Any]] = {}
     """``[adapters.<kind>]`` tables, one per adapter; each has at least ``enabled``."""
 

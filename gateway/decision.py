@@ -35,6 +35,8 @@ from intake_schemas import (
     Priority,
     TicketCreated,
     TicketCreatedData,
+    TicketRated,
+    TicketRatedData,
     TicketView,
 )
 
@@ -75,6 +77,10 @@ class SubmissionPlan(msgspec.Struct, frozen=True, kw_only=True):
     """The gateway's public base URL, for the event's ``body_url``; empty for none."""
     correlation_id: str | None = None
     """The submission's correlation id (gateway/correlation.py), written into its event."""
+    rating: int | None = None
+    """The message is only a satisfaction rating (1 to 5, gateway/replies/texts.py)."""
+    rating_since: datetime | None = None
+    """Resolutions sent since then still take a rating (``replies.rating_window``)."""
     owner_routes: list[tuple[str, str, OutboxAck]] = []
     """For claims: ``(identity kind, value, ack)`` routes by which a ticket's owner can be told
     of a follow-up. A claimed follow-up joins a ticket only through a route to an identity that
@@ -177,6 +183,15 @@ class Tx(Protocol):
         with the event and becomes ``OutboundEvent.escalated`` for the publishers."""
         ...
 
+    def pending_rating(self, contact_id: int, since: datetime) -> tuple[str, str] | None:
+        """The contact's latest resolution reply sent at or after ``since`` and not rated yet:
+        (reply uid, ticket number); None if none."""
+        ...
+
+    def mark_rated(self, reply_uid: str, rating: int) -> None:
+        """Record the rating the resolution ``reply_uid`` received."""
+        ...
+
 
 class AckFacts(msgspec.Struct, frozen=True, kw_only=True):
     """What the ack dispatcher needs to render an acknowledgement later."""
@@ -207,6 +222,15 @@ def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) 
     msg = plan.message
     contact_id, contact = tx.resolve_contact(plan.identities, msg.contact.name,
                                              msg.customer_type, verified=plan.verified)
+    if plan.rating is not None and plan.rating_since is not None and plan.verified:
+        # The answer to a resolution's satisfaction question, on any channel of the contact:
+        # a ticket.rated event, not a new ticket. Only a verified sender rates (a claim could
+        # name anyone's address).
+        pending = tx.pending_rating(contact_id, plan.rating_since)
+        if pending is not None:
+            rated = tx.ticket_by_number(pending[1])
+            if rated is not None:
+                return _rated(tx, plan, contact_id, rated, pending[0], plan.rating)
 
     ticket: TicketRow | None = None
     matched_by = ""
@@ -292,6 +316,23 @@ def decide_and_record(tx: Tx, plan: SubmissionPlan, numbering: TicketNumbering) 
                                hinted_tickets=hints),
     )
     _effects(tx, plan, ticket, receipt, created)
+    return receipt
+
+
+def _rated(tx: Tx, plan: SubmissionPlan, contact_id: int, ticket: TicketRow, reply_uid: str,
+           rating: int) -> StoredReceipt:
+    receipt = StoredReceipt(outcome="followup", ticket_number=ticket.number,
+                            message_uid=plan.message_uid, priority=ticket.priority,
+                            due_at=ticket.due_at, acknowledge=False)
+    tx.insert_message(plan=plan, ticket_id=ticket.id, contact_id=contact_id, receipt=receipt)
+    tx.mark_rated(reply_uid, rating)
+    event = TicketRated(id=new_id(), source=plan.event_source, subject=ticket.number,
+                        time=plan.message.received_at, priority=ticket.priority,
+                        data=TicketRatedData(ticket_number=ticket.number, rating=rating,
+                                             channel=plan.message.channel, reply_id=reply_uid,
+                                             message_id=plan.message_uid))
+    tx.append_event(event_id=event.id, type_="ticket.rated", subject=ticket.number,
+                    priority=ticket.priority, body=_encode(event), escalated=ticket.escalated)
     return receipt
 
 

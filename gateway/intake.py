@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
@@ -40,6 +40,8 @@ from gateway.plugin.contract import (
     Outbox,
     Reply,
 )
+from gateway.replies.status import record_delivery
+from gateway.replies.texts import parse_rating
 from gateway.sla import BusinessCalendar, due_at, format_due
 from gateway.triage import Triager
 from intake_schemas import (
@@ -65,6 +67,8 @@ _T = TypeVar("_T")
 _TEXT_NUMBER_SCAN = 4000
 """Characters of the text searched for a ticket number (quoted history comes further down)."""
 _MAX_NAMED = 5
+_MAX_BOUNCED = 10
+"""Ids of one bounce looked up as replies (a sender can list thousands)."""
 
 
 class RunsDecision(Protocol):
@@ -137,6 +141,14 @@ class IntakeService:
         """See :meth:`gateway.plugin.Intake.first_use`."""
         return await self.store.first_use(scope, key, ttl=ttl)
 
+    async def report_delivery(self, *, provider_id: str, delivered: bool,
+                              detail: str = "") -> bool:
+        """See :meth:`gateway.plugin.Intake.report_delivery`."""
+        source = self.config.intake.event_source
+        return await self.store.run(lambda tx: record_delivery(
+            tx, provider_id=provider_id, delivered=delivered, detail=detail,
+            event_source=source))
+
     async def submit(self, message: InboundMessage, *, reply: Reply = INLINE) -> Receipt:
         """See :meth:`gateway.plugin.Intake.submit`."""
         if current_correlation_id() is None:
@@ -160,6 +172,8 @@ class IntakeService:
         stored: StoredReceipt = await self.store.run(
             lambda tx: decide_and_record(tx, plan, self.numbering))
         outcome = "replayed" if stored.message_uid != plan.message_uid else stored.outcome
+        if outcome != "replayed" and message.metadata.get("mail_class") == "bounce":
+            await self._bounced(message)
         SUBMITTED.labels(message.channel, outcome).inc()
         SUBMIT_SECONDS.observe(time.perf_counter() - started)
         # One line per message, with the correlation id (gateway/jsonlog.py); never who or what.
@@ -167,6 +181,13 @@ class IntakeService:
                  stored.ticket_number or "-")
         return self.receipt(stored, outcome=outcome, locale=message.locale,
                             not_kept=message.files_not_kept)
+
+    async def _bounced(self, message: InboundMessage) -> None:
+        """A bounce names the mail that bounced (its references): a reply of ours among them
+        becomes ``reply.failed`` (our Message-IDs are unguessable: only its mailbox saw one)."""
+        refs = [r for r in (message.thread.in_reply_to, *message.thread.references) if r]
+        for ref in dict.fromkeys(refs[:_MAX_BOUNCED]):
+            await self.report_delivery(provider_id=ref, delivered=False, detail="bounced")
 
     def receipt(self, stored: StoredReceipt, *, outcome: str, locale: str | None,
                 not_kept: Sequence[FileNotKept] = ()) -> Receipt:
@@ -259,6 +280,9 @@ class IntakeService:
             event_source=self.config.intake.event_source,
             verified=verified,
             owner_routes=owner_routes,
+            rating=None if m.auto_submitted else parse_rating(m.text),
+            rating_since=received - timedelta(seconds=self.config.replies.rating_window)
+            if self.config.replies.satisfaction else None,
             inline_bytes=self.config.intake.event_inline_bytes,
             public_url=self.public_url,
         )

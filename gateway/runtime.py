@@ -39,6 +39,7 @@ from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
+from gateway.replies.assembly import Replies
 from gateway.store.dashboard_sql import SqliteDashboardReads
 from gateway.store.sqlite import STORE_FILE, SqliteStore
 
@@ -111,6 +112,12 @@ class Gateway:
         self.dispatcher = AckDispatcher(
             self.store, self.senders, policy=config.acks, calendar=self.intake.calendar,
             default_locale=config.intake.default_locale, event_source=config.intake.event_source)
+        self.replies = Replies(
+            config.replies, self.store, self.adapters,
+            api_config=self.adapter_configs.get("api"), numbering=self.intake.numbering,
+            calendar=self.intake.calendar, default_locale=config.intake.default_locale,
+            event_source=config.intake.event_source, first_use=self.store.first_use,
+            public_url=public_url)
         if not is_loopback(self.host):
             self._refuse_open_listener()
         self.waiters = EventWaiters(0)
@@ -149,6 +156,10 @@ class Gateway:
                     f"refusing to listen on {self.listen} with the {adapter.kind!r} adapter "
                     f"unauthenticated: set adapters.{adapter.kind}.secret_env (or _file), or "
                     "listen on 127.0.0.1")
+        if self.config.replies.enabled and not self.replies.authenticated:
+            raise ConfigError(f"refusing to listen on {self.listen} with unsigned replies: set "
+                              "replies.secret_env (or adapters.api.secret_env), set "
+                              "replies.enabled = false, or listen on 127.0.0.1")
         if self.events_token is None:
             raise ConfigError(f"refusing to listen on {self.listen} with /v1/events open: set "
                               "server.events_token_env (or _file), or listen on 127.0.0.1")
@@ -187,6 +198,7 @@ class Gateway:
         make_private_tree(self.data_dir, skip=(self.attachments.root,))
         if self.senders:
             await self.dispatcher.start()
+        await self.replies.start()
         app = create_app(
             CoreRoutes(events=self.store, waiters=self.waiters, attachments=self.attachments,
                        events_token=self.events_token, readiness=self.readiness,
@@ -194,7 +206,7 @@ class Gateway:
                        max_body_bytes=self.config.server.max_body_bytes,
                        before_metrics=self.scrape_gauges.refresh),
             [route for adapter in self.adapters for route in adapter.routes()]
-            + self.operator_routes())
+            + self.replies.routes() + self.operator_routes())
         app.router.add_routes(openapi_routes(served_document(
             self.adapters, events_token=self.events_token is not None)))
         self.app = app
@@ -299,6 +311,7 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         await self.dispatcher.stop()
+        await self.replies.stop()
         for adapter in reversed(self.adapters):
             await adapter.stop()
         if self.relay is not None:

@@ -12,11 +12,16 @@ from intake_schemas.events import (
     DuplicateReceived,
     MessageAdded,
     MessageAutomated,
+    ReplyDelivered,
+    ReplyFailed,
+    ReplyQueued,
+    ReplySent,
     TicketCreated,
+    TicketRated,
 )
 
 EVENT_CLASSES = (TicketCreated, MessageAdded, DuplicateReceived, MessageAutomated, AckSent,
-                 AckFailed)
+                 AckFailed, ReplyQueued, ReplySent, ReplyDelivered, ReplyFailed, TicketRated)
 
 _SUMMARIES = {
     "ticket.created": "A new ticket was opened, triaged, numbered and (maybe) acknowledged.",
@@ -26,6 +31,14 @@ _SUMMARIES = {
                           "threads into no ticket: recorded, no ticket, no acknowledgement."),
     "ack.sent": "An acknowledgement went out through the outbox (email, SMS, chat).",
     "ack.failed": "An acknowledgement could not be sent and was given up, or was suppressed.",
+    "reply.queued": ("A downstream reply (POST /v1/tickets/{number}/replies) is durable in the "
+                     "outbox, on the channel named in the event."),
+    "reply.sent": "The provider took a reply; its id is in the event.",
+    "reply.delivered": "The provider reported a reply delivered (Twilio status callback).",
+    "reply.failed": ("A reply could not be sent, was given up after retries, or the provider "
+                     "reported it failed later (a bounce, a status callback)."),
+    "ticket.rated": ("The customer answered a resolution's satisfaction question (1 to 5) "
+                     "on any channel; no ticket was opened for it."),
 }
 
 

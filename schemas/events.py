@@ -174,8 +174,90 @@ class MessageAutomated(CloudEvent, frozen=True, kw_only=True, tag="message.autom
     data: MessageAutomatedData
 
 
+
+
+# -- replies out (issue 13): the downstream answers the customer through the gateway ---------
+
+
+class ReplyQueuedData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A reply was accepted and is durable in the outbox (the API answered 202)."""
+
+    reply_id: str
+    ticket_number: str
+    channel: str
+    """The channel it goes out on: ``email``, ``sms``, ``whatsapp``, ``telegram``, ``wechat``."""
+    resolution: bool = False
+    """The reply closes the ticket and asks the customer to rate it."""
+    chosen_because: str = ""
+    """Why this channel: ``latest_inbound``, ``requested``, ``window_closed_fallback``,
+    ``voice_by_sms``..."""
+
+
+class ReplySentData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    reply_id: str
+    ticket_number: str
+    channel: str
+    provider_message_id: str | None = None
+    """The provider's id (our email Message-ID, a Twilio SID, ``telegram:<chat>:<n>``...)."""
+    attempts: int = 1
+    template: bool = False
+    """Sent as the channel's approved template (outside its customer-service window)."""
+
+
+class ReplyDeliveredData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    reply_id: str
+    ticket_number: str
+    channel: str
+    provider_message_id: str
+    status: str
+    """The provider's word for it (Twilio ``delivered``, ``read``)."""
+
+
+class ReplyFailedData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    reply_id: str
+    ticket_number: str
+    channel: str
+    reason: str
+    attempts: int = 0
+    provider_message_id: str | None = None
+    """Set when the provider took it and reported the failure later (a bounce, a status
+    callback)."""
+
+
+class TicketRatedData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    ticket_number: str
+    rating: int
+    """1 (very unsatisfied) to 5 (very satisfied)."""
+    channel: str
+    """The channel the answer came on (it may differ from the resolution's)."""
+    reply_id: str | None = None
+    """The resolution reply that asked."""
+    message_id: str | None = None
+    """The stored message that carried the answer (none for the signed link)."""
+
+
+class ReplyQueued(CloudEvent, frozen=True, kw_only=True, tag="reply.queued"):
+    data: ReplyQueuedData
+
+
+class ReplySent(CloudEvent, frozen=True, kw_only=True, tag="reply.sent"):
+    data: ReplySentData
+
+
+class ReplyDelivered(CloudEvent, frozen=True, kw_only=True, tag="reply.delivered"):
+    data: ReplyDeliveredData
+
+
+class ReplyFailed(CloudEvent, frozen=True, kw_only=True, tag="reply.failed"):
+    data: ReplyFailedData
+
+
+class TicketRated(CloudEvent, frozen=True, kw_only=True, tag="ticket.rated"):
+    data: TicketRatedData
+
+
 Event = (TicketCreated | MessageAdded | DuplicateReceived | MessageAutomated | AckSent
-         | AckFailed)
+         | AckFailed | ReplyQueued | ReplySent | ReplyDelivered | ReplyFailed | TicketRated)
 """Every event type; decode with ``msgspec.json.decode(raw, type=Event)``."""
 
 EVENT_TYPES: tuple[str, ...] = (
@@ -184,4 +266,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "ticket.duplicate_received",
     "ack.sent",
     "ack.failed",
+    "reply.queued",
+    "reply.sent",
+    "reply.delivered",
+    "reply.failed",
+    "ticket.rated",
 )

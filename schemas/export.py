@@ -15,11 +15,17 @@ from intake_schemas.events import (
     Event,
     MessageAdded,
     MessageAutomated,
+    ReplyDelivered,
+    ReplyFailed,
+    ReplyQueued,
+    ReplySent,
     TicketCreated,
+    TicketRated,
 )
 from intake_schemas.message import InboundMessage, Receipt
+from intake_schemas.replies import ReplyAccepted, ReplyRequest
 
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 """The event contract's version: the minor part grows with every added field."""
 
 SCHEMAS: dict[str, Any] = {
@@ -33,6 +39,13 @@ SCHEMAS: dict[str, Any] = {
     "event.message.automated": MessageAutomated,
     "event.ack.sent": AckSent,
     "event.ack.failed": AckFailed,
+    "event.reply.queued": ReplyQueued,
+    "event.reply.sent": ReplySent,
+    "event.reply.delivered": ReplyDelivered,
+    "event.reply.failed": ReplyFailed,
+    "event.ticket.rated": TicketRated,
+    "reply-request": ReplyRequest,
+    "reply-accepted": ReplyAccepted,
 }
 
 

@@ -25,7 +25,8 @@ def test_asyncapi_document_is_valid_asyncapi_3() -> None:
     assert doc["asyncapi"] == "3.0.0"
     names = {m["name"] for m in doc["components"]["messages"].values()}
     assert names == {"ticket.created", "ticket.message_added", "ticket.duplicate_received",
-                     "message.automated", "ack.sent", "ack.failed"}
+                     "message.automated", "ack.sent", "ack.failed", "reply.queued",
+                     "reply.sent", "reply.delivered", "reply.failed", "ticket.rated"}
 
 
 async def test_real_events_match_the_committed_json_schema(make_gateway: MakeGateway,

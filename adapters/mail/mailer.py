@@ -14,8 +14,15 @@ from typing import ClassVar
 import msgspec
 
 from gateway.errors import ConfigError, PermanentError, TransientError
-from gateway.plugin import AdapterBase, AdapterContext, Intake, is_loopback, resolve_secret
-from intake_adapters.mail.send import check_address, compose_ack
+from gateway.plugin import (
+    AdapterBase,
+    AdapterContext,
+    Intake,
+    OutgoingReply,
+    is_loopback,
+    resolve_secret,
+)
+from intake_adapters.mail.send import check_address, compose_ack, compose_reply
 from intake_schemas import Acknowledgement
 
 log = logging.getLogger("intake.mailer")
@@ -64,6 +71,7 @@ class MailerAdapter(AdapterBase):
     kind: ClassVar[str] = "mailer"
     Config: ClassVar[type[msgspec.Struct]] = MailerConfig
     ack_channels: ClassVar[tuple[str, ...]] = ("email",)
+    reply_channels: ClassVar[tuple[str, ...]] = ("email",)
     ack_ids_unguessable: ClassVar[bool] = True
     """Our Message-IDs are 122 random bits (uuid4) that only the customer's mailbox sees."""
     receives: ClassVar[bool] = False
@@ -120,6 +128,19 @@ class MailerAdapter(AdapterBase):
             # The address or id came from a mail we received; sending can never work.
             raise PermanentError(f"cannot address the acknowledgement: {exc}") from exc
         # smtplib blocks; its one thread keeps the event loop free and owns the connection.
+        await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._relay, to, mail.data, mail.needs_smtputf8)
+        return mail.message_id
+
+    async def send_reply(self, reply: OutgoingReply, *, channel: str, to: str,
+                         reply_to: str | None) -> str | None:
+        """A downstream reply, threaded to the customer's mail; return its Message-ID."""
+        try:
+            mail = compose_reply(reply, to=to, sender=self.config.from_address,
+                                 sender_name=self.config.from_name, in_reply_to=reply_to,
+                                 domain=self.config.message_id_domain)
+        except ValueError as exc:
+            raise PermanentError(f"cannot address the reply: {exc}") from exc
         await asyncio.get_running_loop().run_in_executor(
             self._thread, self._relay, to, mail.data, mail.needs_smtputf8)
         return mail.message_id

@@ -32,6 +32,7 @@ from pathlib import Path
 import jinja2
 import msgspec
 
+from gateway.plugin import OutgoingReply
 from intake_schemas import Acknowledgement
 
 TEMPLATE_LOCALES = ("zh-CN", "zh-TW", "en")
@@ -48,6 +49,7 @@ _env = jinja2.Environment(
 # stranger is refused rather than quoted: acknowledgements go to addresses the parser produced.
 _ADDRESS = re.compile(r"^[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+$")
 _MSG_ID = re.compile(r"^[^\s<>]+$")
+_MIME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}$")
 
 
 class ComposedAck(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,5 +103,42 @@ def compose_ack(ack: Acknowledgement, *, to: str, sender: str, sender_name: str 
                         charset="utf-8")
     # After the body: set_content() drops every Content-* header set before it.
     msg["Content-Language"] = locale
+    return ComposedAck(message_id=message_id, data=msg.as_bytes(),
+                       needs_smtputf8=not to.isascii())
+
+
+def compose_reply(reply: OutgoingReply, *, to: str, sender: str, sender_name: str | None = None,
+                  in_reply_to: str | None = None, domain: str | None = None,
+                  now: datetime | None = None) -> ComposedAck:
+    """A downstream reply as one mail: threaded to the customer's mail, the ticket number in the
+    subject (``reply.subject`` carries it), text and optional sanitized HTML, its files attached.
+
+    Not marked ``Auto-Submitted``: it is a person's answer, and the customer's own auto-reply
+    to it is recognised by the loop policy on the way in."""
+    check_address(to)
+    check_address(sender)
+    if in_reply_to is not None and not _MSG_ID.match(in_reply_to):
+        raise ValueError("not a Message-ID")
+    message_id = f"{uuid.uuid4().hex}@{domain or sender.rpartition('@')[2]}"
+    msg = EmailMessage(policy=SMTP if to.isascii() else SMTPUTF8)
+    msg["From"] = Address(display_name=sender_name or "", addr_spec=sender)
+    msg["To"] = to
+    msg["Subject"] = reply.subject
+    msg["Date"] = format_datetime(now or datetime.now(UTC))
+    msg["Message-ID"] = f"<{message_id}>"
+    if in_reply_to:
+        msg["In-Reply-To"] = f"<{in_reply_to}>"
+        msg["References"] = f"<{in_reply_to}>"
+    msg.set_content(reply.text, subtype="plain", charset="utf-8")
+    if reply.html:
+        msg.add_alternative(reply.html, subtype="html", charset="utf-8")
+    for f in reply.files:
+        # A type as the downstream wrote it, only when it is a plain type/subtype token pair:
+        # anything else (parameters, line breaks) would be written into the header.
+        maintype, subtype = (f.content_type.lower().split("/") if _MIME.fullmatch(f.content_type)
+                              else ["application", "octet-stream"])
+        msg.add_attachment(f.data, maintype=maintype, subtype=subtype,
+                           filename=f.name.replace("\r", " ").replace("\n", " ")[:200])
+    msg["Content-Language"] = reply.locale
     return ComposedAck(message_id=message_id, data=msg.as_bytes(),
                        needs_smtputf8=not to.isascii())

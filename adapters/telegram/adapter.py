@@ -41,6 +41,7 @@ from gateway.plugin import (
     Intake,
     MediaRefused,
     Outbox,
+    OutgoingReply,
     file_not_kept,
     read_limited,
     resolve_secret,
@@ -61,6 +62,8 @@ _SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _TOKEN = re.compile(r"^(\d+):[A-Za-z0-9_-]+$")
 _MAX_UPDATE = 1_048_576
 _WELCOME_COMMANDS = frozenset({"/start", "/help"})
+_TG_MAX = 4096
+"""Characters of one Bot API sendMessage text."""
 _WELCOME = {
     "zh": "您好！请直接发送消息描述您的问题（可附图片或文件），我们会为您登记工单，"
           "并告知工单编号和答复时间。",
@@ -109,6 +112,7 @@ class TelegramAdapter(AdapterBase):
     kind: ClassVar[str] = "telegram"
     Config: ClassVar[type[msgspec.Struct]] = TelegramConfig
     ack_channels: ClassVar[tuple[str, ...]] = ("telegram",)
+    reply_channels: ClassVar[tuple[str, ...]] = ("telegram",)
 
     config: TelegramConfig
     intake: Intake
@@ -445,6 +449,24 @@ class TelegramAdapter(AdapterBase):
 
     async def send_ack(self, ack: Acknowledgement, *, to: str, reply_to: str | None) -> str | None:
         """Reply to the customer's message in its chat; the id names our reply for threading."""
+        return await self._send_text(ack.text, to=to, reply_to=reply_to)
+
+    async def send_reply(self, reply: OutgoingReply, *, channel: str, to: str,
+                         reply_to: str | None) -> str | None:
+        """A downstream reply in the customer's chat, any time (Telegram has no window), as
+        a reply to their latest message; long texts go in parts of Telegram's 4096."""
+        text = reply.text
+        if reply.files:
+            text += "\n\n" + "\n".join(f"[{f.name}]" for f in reply.files)
+        parts = [text[i:i + _TG_MAX] for i in range(0, len(text), _TG_MAX)] or [""]
+        first = None
+        for part in parts:
+            sent = await self._send_text(part, to=to, reply_to=reply_to if first is None
+                                         else None)
+            first = first or sent
+        return first
+
+    async def _send_text(self, text: str, *, to: str, reply_to: str | None) -> str:
         try:
             chat_id = int(to)
         except ValueError:
@@ -454,7 +476,7 @@ class TelegramAdapter(AdapterBase):
             reply = ReplyParameters(message_id=int(reply_to), allow_sending_without_reply=True)
         try:
             bot = await self._ensure_bot()
-            sent = await bot.send_message(chat_id=chat_id, text=ack.text,
+            sent = await bot.send_message(chat_id=chat_id, text=text,
                                           reply_parameters=reply)
         except RetryAfter as exc:
             raise TransientError(f"Telegram asks to wait {_seconds(exc.retry_after):.0f} s"

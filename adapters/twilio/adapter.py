@@ -64,6 +64,10 @@ class TwilioConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Alternatively a Messaging Service (``MG…``) that picks the sender."""
     whatsapp_from: str | None = None
     """E.164 WhatsApp sender for acknowledgements sent later on WhatsApp."""
+    whatsapp_reply_template_sid: str | None = None
+    """Content SID (``HX…``) of the approved WhatsApp template replies use outside the 24-hour
+    window; ``{{1}}`` is the ticket number and ``{{2}}`` the reply. Unset: outside the window
+    replies fall back to SMS or are refused (``replies.window_fallback``)."""
     path: str = "/twilio"
     """Routes: ``<path>/sms`` (SMS, MMS, WhatsApp), ``<path>/status``, ``<path>/voice``,
     ``<path>/voice/recording``, ``<path>/voice/transcription``."""
@@ -117,6 +121,10 @@ class TwilioAdapter(MessagingMixin, VoiceMixin, OutboundMixin, AdapterBase):
     kind: ClassVar[str] = "twilio"
     Config: ClassVar[type[msgspec.Struct]] = TwilioConfig
     ack_channels: ClassVar[tuple[str, ...]] = ("sms", "whatsapp")
+    reply_channels: ClassVar[tuple[str, ...]] = ("sms", "whatsapp")
+    reply_windows: ClassVar[dict[str, float]] = {"whatsapp": 86_400.0}
+    """WhatsApp's customer-service window: free text only within 24 h of the customer's last
+    message; outside it the approved template (``whatsapp_reply_template_sid``)."""
 
     def __init__(self, config: TwilioConfig, intake: Intake, ctx: AdapterContext) -> None:
         AdapterBase.__init__(self, config, intake, ctx)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -13,6 +14,7 @@ from aiohttp import web
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from gateway.errors import PermanentError, RejectedInput, TransientError
+from gateway.plugin import OutgoingReply
 from intake_adapters.twilio.common import _HAN, TwilioParts, _e164, _twiml
 from intake_adapters.twilio.protocol import (
     GSM7_BASIC,
@@ -35,6 +37,12 @@ class OutboundMixin(TwilioParts):
             raise RejectedInput("MessageSid and MessageStatus are required")
         error = p.get("ErrorCode") or None
         await self.state.record_status(sid, status, error)
+        if status in _DELIVERED or status in _FAILED:
+            # A reply's delivery becomes reply.delivered / reply.failed (the core ignores ids
+            # of acknowledgements); the error code says why, never what the customer wrote.
+            await self.intake.report_delivery(
+                provider_id=sid, delivered=status in _DELIVERED,
+                detail=status if error is None else f"{status} ({error})")
         if error == "21610" and p.get("To"):
             to = p["To"]
             network = "whatsapp" if to.startswith("whatsapp:") else "sms"
@@ -86,6 +94,65 @@ class OutboundMixin(TwilioParts):
             raise TransientError(f"Twilio unreachable: {type(exc).__name__}") from exc
         return str(created.sid)
 
+    def reply_template_ready(self, channel: str) -> bool:
+        """WhatsApp outside its 24-hour window needs an approved template (Content SID)."""
+        return channel == "whatsapp" and bool(self.config.whatsapp_reply_template_sid)
+
+    async def send_reply(self, reply: OutgoingReply, *, channel: str, to: str,
+                         reply_to: str | None) -> str | None:
+        """A downstream reply by SMS (segmented by Twilio; texts over its 1600-character limit
+        go in parts) or WhatsApp (free text in the window, the approved template outside)."""
+        if self._client is None:
+            raise TransientError("the Twilio adapter is not started")
+        whatsapp = channel == "whatsapp"
+        network = "whatsapp" if whatsapp else "sms"
+        phone = _e164(to.removeprefix("whatsapp:"))
+        if phone is None:
+            raise PermanentError("the recipient is not a phone number")
+        if self.state.opted_out(network, phone):
+            raise PermanentError("the recipient opted out (STOP); nothing was sent")
+        base: dict[str, str] = {}
+        if whatsapp:
+            if not self.config.whatsapp_from:
+                raise PermanentError("adapters.twilio.whatsapp_from is not set")
+            base = {"to": f"whatsapp:{phone}", "from_": f"whatsapp:{self.config.whatsapp_from}"}
+        else:
+            base = {"to": phone}
+            if self.config.messaging_service_sid:
+                base["messaging_service_sid"] = self.config.messaging_service_sid
+            else:
+                base["from_"] = self.config.sms_from or ""
+        if callback := self._status_callback_url():
+            base["status_callback"] = callback
+        if whatsapp and reply.template:
+            # Variables as the operator's approved template numbers them: {{1}} the ticket
+            # number, {{2}} the reply (WhatsApp caps a variable at 1024 characters).
+            variables = {"1": reply.ticket_number, "2": reply.text[:1024]}
+            return await self._create(network, phone, {
+                **base, "content_sid": self.config.whatsapp_reply_template_sid or "",
+                "content_variables": json.dumps(variables, ensure_ascii=False)})
+        first: str | None = None
+        for part in split_text(reply.text, _TWILIO_MAX):
+            sid = await self._create(network, phone, {**base, "body": part})
+            first = first or sid
+        return first
+
+    async def _create(self, network: str, phone: str, kwargs: dict[str, str]) -> str:
+        assert self._client is not None
+        try:
+            async with asyncio.timeout(self.config.api_timeout):
+                created = await self._client.messages.create_async(**kwargs)
+        except TwilioRestException as exc:
+            if exc.code == 21610:
+                await self.state.set_opt_out(network, phone, True)
+                raise PermanentError("the recipient opted out (Twilio error 21610)") from exc
+            if exc.status == 429 or exc.status >= 500 or exc.status == 401:
+                raise TransientError(f"Twilio answered {exc.status} ({exc.code})") from exc
+            raise PermanentError(f"Twilio refused the message: {exc.code}") from exc
+        except (aiohttp.ClientError, TimeoutError, OSError, TwilioException) as exc:
+            raise TransientError(f"Twilio unreachable: {type(exc).__name__}") from exc
+        return str(created.sid)
+
     def _status_callback_url(self) -> str | None:
         if not self.config.status_callbacks:
             return None
@@ -97,6 +164,22 @@ class OutboundMixin(TwilioParts):
 
 
 _SENTENCE = re.compile(r"(?<=[。！？.!?])\s*")
+_TWILIO_MAX = 1600
+"""Characters of one Messages API body; Twilio splits it into segments itself."""
+_DELIVERED = frozenset({"delivered", "read"})
+_FAILED = frozenset({"failed", "undelivered"})
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """``text`` in parts of at most ``limit`` characters, cut after a sentence or a space
+    where there is one in the part's second half."""
+    parts: list[str] = []
+    while len(text) > limit:
+        cut = max(text.rfind(ch, limit // 2, limit) for ch in "。！？.!? \n")
+        cut = limit if cut < 0 else cut + 1
+        parts.append(text[:cut].rstrip())
+        text = text[cut:].lstrip()
+    return [*parts, text] if text else parts
 
 
 def sms_ack_text(ack: Acknowledgement) -> str:

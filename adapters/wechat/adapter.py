@@ -15,13 +15,21 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from gateway.errors import ConfigError, Forbidden, RejectedInput, TooLarge
+from gateway.errors import (
+    ConfigError,
+    Forbidden,
+    PermanentError,
+    RejectedInput,
+    TooLarge,
+    TransientError,
+)
 from gateway.plugin import (
     IDENTITY,
     AdapterBase,
     AdapterContext,
     Intake,
     MediaRefused,
+    OutgoingReply,
     file_not_kept,
     is_loopback,
     parse_duration,
@@ -30,6 +38,7 @@ from gateway.plugin import (
 )
 from gateway.plugin.openapi import Operation
 from intake_adapters.wechat.openapi import wechat_operations
+from intake_adapters.wechat.outbound import WINDOW, WeChatApi, send_reply
 from intake_adapters.wechat.protocol import (
     WeChatCrypto,
     WeChatPush,
@@ -80,6 +89,20 @@ class WeChatConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Hosts (and their subdomains) images are fetched from; anything else is only recorded."""
     image_timeout: float = 2.0
     max_image_bytes: int = 10_485_760
+    app_secret_env: str | None = None
+    """Environment variable holding the account's AppSecret: replies (客服消息, 模板消息) need
+    it with ``app_id``. Unset: this adapter sends no replies."""
+    app_secret_file: str | None = None
+    api_base_url: str = "https://api.weixin.qq.com"
+    """The Official Account API; tests point it at a local fake."""
+    api_timeout: float = 10.0
+    reply_template_id: str | None = None
+    """Template (模板消息) replies use outside WeChat's 48-hour window; unset: outside it replies
+    fall back to SMS or are refused (``replies.window_fallback``)."""
+    reply_template_number_key: str = "keyword1"
+    """The template's field that gets the ticket number."""
+    reply_template_text_key: str = "keyword2"
+    """The template's field that gets the reply (cut to 200 characters)."""
 
 
 class WeChatAdapter(AdapterBase):
@@ -87,6 +110,8 @@ class WeChatAdapter(AdapterBase):
 
     kind: ClassVar[str] = "wechat"
     Config: ClassVar[type[msgspec.Struct]] = WeChatConfig
+    reply_channels: ClassVar[tuple[str, ...]] = ("wechat",)
+    reply_windows: ClassVar[dict[str, float]] = {"wechat": WINDOW}
 
     config: WeChatConfig
     intake: Intake
@@ -114,6 +139,12 @@ class WeChatAdapter(AdapterBase):
         self._replies: OrderedDict[tuple[str, str], tuple[float, asyncio.Task[bytes | None]]] = (
             OrderedDict())
         self._session: aiohttp.ClientSession | None = None
+        secret = resolve_secret(config.app_secret_env, config.app_secret_file,
+                                key="adapters.wechat.app_secret")
+        if secret is not None and not config.app_id:
+            raise ConfigError("adapters.wechat: app_secret_env needs app_id too")
+        self.api = None if secret is None or not config.app_id else WeChatApi(
+            config.api_base_url, config.app_id, secret, config.api_timeout)
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [web.get(self.path, self.handle_verify), web.post(self.path, self.handle_push)]
@@ -140,6 +171,24 @@ class WeChatAdapter(AdapterBase):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    # -- replies later ------------------------------------------------------------------------
+
+    def reply_template_ready(self, channel: str) -> bool:
+        """Outside the 48-hour window, a template message when one is configured."""
+        return self.api is not None and bool(self.config.reply_template_id)
+
+    async def send_reply(self, reply: OutgoingReply, *, channel: str, to: str,
+                         reply_to: str | None) -> str | None:
+        """A customer-service message within 48 hours, the template message outside."""
+        if self.api is None:
+            raise PermanentError("adapters.wechat: set app_id and app_secret_env to reply")
+        if self._session is None:
+            raise TransientError("the wechat adapter is not started")
+        return await send_reply(self.api, self._session, reply, openid=to,
+                                template_id=self.config.reply_template_id,
+                                number_key=self.config.reply_template_number_key,
+                                text_key=self.config.reply_template_text_key)
 
     # -- authentication -----------------------------------------------------------------------
 

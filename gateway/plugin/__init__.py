@@ -35,9 +35,12 @@ from gateway.plugin.contract import (
     Nobody,
     OutboundEvent,
     Outbox,
+    OutgoingReply,
     Publisher,
     PublisherBase,
     Reply,
+    ReplyFile,
+    ReplySender,
     check_adapter,
     check_publisher,
 )
@@ -45,6 +48,7 @@ from gateway.plugin.limits import ConnectionGate, TokenBuckets, peer_key
 from gateway.plugin.media import IDENTITY, MediaHosts, MediaRefused, file_not_kept, read_limited
 from gateway.plugin.openapi import Answer, Body, Operation, Param, refused
 from gateway.plugin.settings import is_loopback, parse_duration, resolve_secret, split_listen
+from gateway.plugin.signing import RequestSigner, sign_request
 
 INLINE_REPLY = INLINE
 """``Inline()``, the default :data:`Reply`, as a shared value (for defaults in signatures)."""
@@ -74,10 +78,14 @@ __all__ = [
     "Operation",
     "OutboundEvent",
     "Outbox",
+    "OutgoingReply",
     "Param",
     "Publisher",
     "PublisherBase",
     "Reply",
+    "ReplyFile",
+    "ReplySender",
+    "RequestSigner",
     "TokenBuckets",
     "check_adapter",
     "check_publisher",
@@ -90,5 +98,6 @@ __all__ = [
     "read_limited",
     "refused",
     "resolve_secret",
+    "sign_request",
     "split_listen",
 ]

@@ -81,6 +81,40 @@ INLINE = Inline()
 """The default :data:`Reply`."""
 
 
+# -- replies out: what a channel's reply sender receives --------------------------------------
+
+
+class ReplyFile(msgspec.Struct, frozen=True, kw_only=True):
+    """A file sent with a reply (email attaches it; other channels may name it)."""
+
+    name: str
+    content_type: str
+    data: bytes
+
+
+class OutgoingReply(msgspec.Struct, frozen=True, kw_only=True):
+    """A downstream system's answer to the customer, ready for one channel's sender.
+
+    The core has chosen the channel and recipient, checked the channel's window and added the
+    satisfaction question to a resolution; the sender only formats it for its channel (email
+    threading headers, SMS segments, a template outside a window) and sends it.
+    """
+
+    reply_id: str
+    """Stable across retries: a sender that can pass an idempotency key to its provider uses it."""
+    ticket_number: str
+    subject: str
+    """For channels with subjects (email): carries the ``[number]`` tag."""
+    text: str
+    html: str | None = None
+    """Sanitized HTML (email only)."""
+    locale: str = "en"
+    files: list[ReplyFile] = []
+    template: bool = False
+    """The channel's customer-service window is closed: send it as the approved template
+    (WhatsApp template, WeChat template message) the adapter is configured with."""
+
+
 class IntakeLimits(msgspec.Struct, frozen=True, kw_only=True):
     """The core's limits, so an adapter can refuse early and state the limit that really holds."""
 
@@ -126,6 +160,16 @@ class Intake(Protocol):
         Returns False when the key was recorded already and has not expired: the replay guard
         of signed requests. It survives restarts, so a request captured before one is still
         refused after it; ``ttl`` should equal the signature's accepted clock tolerance.
+        """
+        ...
+
+    async def report_delivery(self, *, provider_id: str, delivered: bool,
+                              detail: str = "") -> bool:
+        """The provider's later word on something we sent (a signed status callback, a bounce
+        naming our Message-ID): a reply becomes ``reply.delivered`` or ``reply.failed``, once.
+
+        Returns False when ``provider_id`` names no reply (an acknowledgement, or unknown).
+        ``detail`` is the provider's status or error code, never what the customer wrote.
         """
         ...
 
@@ -228,6 +272,13 @@ class AdapterBase:
     from public facts (a chat id and a counter) join only messages from the ticket's contact."""
     requires_auth_off_loopback: ClassVar[bool] = False
     """True when it must not serve off loopback unless :attr:`authenticated` (the signed API)."""
+    reply_channels: ClassVar[tuple[str, ...]] = ()
+    """Channels it sends downstream replies on (``POST /v1/tickets/{number}/replies``); then it
+    implements :meth:`send_reply`. Two enabled adapters may not declare the same channel."""
+    reply_windows: ClassVar[dict[str, float]] = {}
+    """Per reply channel, the seconds after the customer's last message on it within which a
+    free-form reply may go (WhatsApp 24 h, WeChat 48 h). Outside it the core asks for the
+    template (:meth:`reply_template_ready`) or falls back to SMS, or refuses the reply."""
 
     def __init__(self, config: Any, intake: Intake, ctx: AdapterContext) -> None:
         self.config = config
@@ -282,9 +333,45 @@ class AdapterBase:
         """
         raise NotImplementedError(f"{self.kind} declares no ack_channels")
 
+    def reply_template_ready(self, channel: str) -> bool:
+        """Whether an approved template is configured to reply on ``channel`` outside its
+        :attr:`reply_windows` window (then :meth:`send_reply` gets ``template=True``)."""
+        return False
+
+    async def send_reply(self, reply: OutgoingReply, *, channel: str, to: str,
+                         reply_to: str | None) -> str | None:
+        """Send one downstream reply on ``channel`` to ``to``; return the provider's id.
+
+        ``reply_to`` is the provider id of the customer's latest message on this channel where
+        the channel threads (an email Message-ID, a Telegram message id). Raise
+        :class:`~gateway.errors.TransientError` to be retried with backoff and
+        :class:`~gateway.errors.PermanentError` to record ``reply.failed``. Only adapters that
+        declare ``reply_channels`` implement it.
+        """
+        raise NotImplementedError(f"{self.kind} declares no reply_channels")
+
 
 Adapter = AdapterBase
 """The adapter type the host works with."""
+
+
+@runtime_checkable
+class ReplySender(Protocol):
+    """The part of an adapter the reply dispatcher calls."""
+
+    kind: ClassVar[str]
+    reply_channels: ClassVar[tuple[str, ...]]
+    reply_windows: ClassVar[dict[str, float]]
+    ack_ids_unguessable: ClassVar[bool]
+
+    def reply_template_ready(self, channel: str) -> bool:
+        """See :meth:`AdapterBase.reply_template_ready`."""
+        ...
+
+    async def send_reply(self, reply: OutgoingReply, *, channel: str, to: str,
+                         reply_to: str | None) -> str | None:
+        """See :meth:`AdapterBase.send_reply`."""
+        ...
 
 
 @runtime_checkable
@@ -380,6 +467,18 @@ def check_adapter(cls: type[Any]) -> None:
     if channels and cls.send_ack is AdapterBase.send_ack:
         raise ConfigError(f"adapter {cls.__name__} declares ack_channels {channels} but does "
                           "not implement send_ack")
+    replies = cls.reply_channels
+    if not (isinstance(replies, tuple) and all(isinstance(c, str) and c for c in replies)):
+        raise ConfigError(f"adapter {cls.__name__}.reply_channels must be a tuple of names")
+    if replies and cls.send_reply is AdapterBase.send_reply:
+        raise ConfigError(f"adapter {cls.__name__} declares reply_channels {replies} but does "
+                          "not implement send_reply")
+    windows = cls.reply_windows
+    if not (isinstance(windows, dict) and all(
+            ch in replies and isinstance(sec, int | float) and sec > 0
+            for ch, sec in windows.items())):
+        raise ConfigError(f"adapter {cls.__name__}.reply_windows must map some of its "
+                          "reply_channels to seconds above 0")
 
 
 def check_publisher(cls: type[Any]) -> None:

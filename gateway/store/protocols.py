@@ -19,6 +19,8 @@ need no transaction are coroutines on the store itself.
   relay's transaction; :class:`DeadLetters`: the dead-letter table for ``intake-gateway replay``.
 - :class:`gateway.plugin.AdapterState` and :meth:`ReplayGuards.first_use`: adapter state and
   replay guards.
+- :class:`ReplyOutbox` / :class:`ReplyOutboxTx`: downstream replies, their record and outbox in
+  one row (``POST /v1/tickets/{number}/replies``).
 """
 
 from __future__ import annotations
@@ -42,13 +44,19 @@ __all__ = [
     "DeadLetter",
     "DeadLetters",
     "DueAck",
+    "DueReply",
     "EventLog",
     "EventReader",
     "NewEvent",
+    "NewReply",
     "RelayLag",
     "RelayTx",
     "RepeatRow",
     "ReplayGuards",
+    "ReplyOutbox",
+    "ReplyOutboxTx",
+    "ReplyRow",
+    "ReplyTarget",
     "Store",
     "StoreTx",
     "Tx",
@@ -127,7 +135,118 @@ class RelayTx(Protocol):
         ...
 
 
-class StoreTx(Tx, AckOutboxTx, RelayTx, Protocol):
+class ReplyTarget(NamedTuple):
+    """What choosing a reply's channel needs to know of a ticket (``reply_target``)."""
+
+    ticket_id: int
+    number: str
+    priority: str
+    contact_id: int
+    identities: list[tuple[str, str]]
+    """The ticket contact's identities, (kind, value): ``email``, ``phone``, ``chat:<net>``."""
+    latest: bytes | None
+    """The ticket's latest message from the ticket's own contact, as stored (msgpack
+    ``InboundMessage``); None if none."""
+    recent: list[bytes]
+    """The contact's latest messages on any ticket, newest first (at most ``recent_limit``),
+    for the channels' windows (the customer's last WhatsApp or WeChat message)."""
+
+
+class NewReply(NamedTuple):
+    """A reply to record, with its outbox row (one row is both)."""
+
+    uid: str
+    ticket_id: int
+    idempotency_key: str
+    request_hash: str
+    """A digest of the request: the same key with another body is refused, not replayed."""
+    channel: str
+    recipient: str
+    reply_to: str | None
+    payload: bytes
+    """The ``OutgoingReply`` (msgpack) the sender receives."""
+    not_before: float
+    """Epoch second before which it is not sent (quiet hours); 0 for at once."""
+    resolution: bool = False
+
+
+class ReplyRow(NamedTuple):
+    """A recorded reply, as the endpoint answers about it."""
+
+    uid: str
+    ticket_id: int
+    channel: str
+    recipient: str
+    status: str
+    """``queued``, ``sent``, ``delivered`` or ``failed``."""
+    request_hash: str
+    provider_id: str | None
+    resolution: bool
+
+
+class DueReply(NamedTuple):
+    """One queued reply whose time has come, as the reply dispatcher sends it."""
+
+    uid: str
+    ticket_id: int
+    ticket_number: str
+    channel: str
+    recipient: str
+    reply_to: str | None
+    payload: bytes
+    attempts: int
+    resolution: bool = False
+
+
+class ReplyOutboxTx(Protocol):
+    """Recording and settling replies, inside the store's transaction."""
+
+    def insert_reply(self, reply: NewReply, event: NewEvent) -> ReplyRow:
+        """Record ``reply`` (queued) and append ``event`` with it; when the ticket already has
+        a reply with this idempotency key, return that one and write nothing."""
+        ...
+
+    def retry_reply(self, uid: str, attempts: int, at: float, error: str) -> None:
+        """Keep reply ``uid`` queued with ``attempts`` so far; due again at epoch second ``at``."""
+        ...
+
+    def finish_reply(self, uid: str, status: str, *, provider_id: str | None = None,
+                     error: str | None = None, event: NewEvent | None = None,
+                     unguessable: bool = False, attempts: int | None = None) -> None:
+        """Set reply ``uid`` to ``status`` (``sent``, ``delivered``, ``failed``), append
+        ``event``, record ``attempts`` when given. A ``provider_id`` is kept, and recorded as a
+        reference of the reply's ticket (as acknowledgements' are), so the customer's answer
+        to it is a follow-up."""
+        ...
+
+    def reply_by_provider_id(self, provider_id: str) -> ReplyRow | None:
+        """The reply the provider knows as ``provider_id`` (a status callback, a bounce)."""
+        ...
+
+    def reply_ticket_number(self, uid: str) -> str:
+        """The number of reply ``uid``'s ticket."""
+        ...
+
+    def ratable_reply(self, uid: str) -> tuple[str, str] | None:
+        """(ticket number, priority) when ``uid`` is a sent resolution not rated yet."""
+        ...
+
+    def mark_rated(self, reply_uid: str, rating: int) -> None:
+        """Record the rating the resolution ``reply_uid`` received."""
+        ...
+
+    def append_event(self, *, event_id: str, type_: str, subject: str, priority: str | None,
+                     body: bytes, escalated: bool = False) -> int:
+        """As :meth:`gateway.decision.Tx.append_event`."""
+        ...
+
+    def resolve_ticket(self, ticket_id: int) -> None:
+        """Mark the ticket ``resolved`` (its resolution reply went out): chat messages no
+        longer join it by the chat window; replies quoting our messages still do."""
+        ...
+
+
+class StoreTx(Tx, AckOutboxTx, RelayTx, ReplyOutboxTx, Protocol):
     """Everything a function run by :meth:`Store.run` may do."""
 
 
@@ -152,6 +271,31 @@ class AckOutbox(Protocol):
         Only those commits: most tickets are answered inline and queue none, and waking the
         dispatcher on every commit cost two store reads per ticket for nothing.
         """
+        ...
+
+
+class ReplyOutbox(Protocol):
+    """Reading replies (their writes are :class:`ReplyOutboxTx`)."""
+
+    async def reply_target(self, number: str, *, recent_limit: int = 10) -> ReplyTarget | None:
+        """The ticket ``number`` with its contact's identities and latest messages; None if no
+        such ticket."""
+        ...
+
+    async def reply_by_key(self, ticket_id: int, idempotency_key: str) -> ReplyRow | None:
+        """The ticket's reply recorded with ``idempotency_key``, if any."""
+        ...
+
+    async def due_replies(self, limit: int, now: float) -> list[DueReply]:
+        """Queued replies due at epoch second ``now``, oldest first."""
+        ...
+
+    async def next_reply_attempt(self) -> float | None:
+        """When the earliest queued reply is due (epoch seconds); None if none is queued."""
+        ...
+
+    async def replies_sent_since(self, channel: str, recipient: str, since: float) -> int:
+        """Replies sent to ``recipient`` on ``channel`` since epoch second ``since``."""
         ...
 
 
@@ -225,7 +369,7 @@ class ReplayGuards(Protocol):
         ...
 
 
-class Store(AckOutbox, EventLog, DeadLetters, ReplayGuards, Protocol):
+class Store(AckOutbox, ReplyOutbox, EventLog, DeadLetters, ReplayGuards, Protocol):
     """A whole store, as the runtime opens it."""
 
     async def open(self) -> None: ...

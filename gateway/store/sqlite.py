@@ -21,14 +21,15 @@ from gateway.files import make_private
 from gateway.ids import new_id
 from gateway.plugin.contract import OutboundEvent
 from gateway.store.protocols import DeadLetter, DueAck, NewEvent
+from gateway.store.sqlite_replies import REPLY_SCHEMA, SqliteReplyReads, SqliteReplyTx
 from intake_schemas import ContactView
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: the first schema. 2: ``identities.verified`` (claims), ``ack_refs.unguessable``,
 ``replay_guards``, ``adapter_state``, ``messages.ticket_id`` nullable (``automated`` messages
-have no ticket)."""
+have no ticket). 3: ``replies`` (gateway/store/sqlite_replies.py)."""
 
 STORE_FILE = "intake.sqlite3"
 """The store's file name in the data directory, unless ``store.path`` names another."""
@@ -124,7 +125,7 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-class SqliteTx:
+class SqliteTx(SqliteReplyTx):
     """:class:`gateway.decision.Tx` over one SQLite connection inside the writer's transaction."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -427,7 +428,7 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
 
-class SqliteStore:
+class SqliteStore(SqliteReplyReads):
     """Embedded store: submissions go to one writer thread that commits them in groups.
 
     ``run(fn)`` queues ``fn(tx)``; the writer drains the queue, runs each op in its own
@@ -457,6 +458,7 @@ class SqliteStore:
         make_private(self.path)  # tickets and contacts: owner-only, like the data dir
         try:
             conn.executescript(_SCHEMA)
+            conn.executescript(REPLY_SCHEMA)
             _upgrade(conn)
             conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))

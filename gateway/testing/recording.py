@@ -88,6 +88,8 @@ class RecordingIntake:
         self._numbering = TicketNumbering(NumberingConfig())
         self._calendar = BusinessCalendar(CalendarConfig())
         self._numbers: dict[str, str] = {}
+        self.deliveries: list[tuple[str, bool, str]] = []
+        """``report_delivery`` calls: (provider id, delivered, detail)."""
 
     async def submit(self, message: InboundMessage, *, reply: Reply = INLINE_REPLY) -> Receipt:
         seen = message.provider_message_id in self._numbers
@@ -114,6 +116,12 @@ class RecordingIntake:
         if (scope, key) in self.used:
             return False
         self.used.add((scope, key))
+        return True
+
+    async def report_delivery(self, *, provider_id: str, delivered: bool,
+                              detail: str = "") -> bool:
+        """Recorded in :attr:`deliveries`; True (as if it named a reply)."""
+        self.deliveries.append((provider_id, delivered, detail))
         return True
 
     def parse_ticket_number(self, text: str) -> str | None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from gateway.decision import OutboxAck, SubmissionPlan, TicketRow
-from gateway.store.protocols import NewEvent, StoreTx
+from gateway.store.protocols import NewEvent, NewReply, StoreTx
 from gateway.store.sqlite import SqliteStore
 from gateway.triage import TriageResult
 from intake_schemas import Contact, InboundMessage
@@ -43,6 +43,8 @@ __all__ = [
     "test_relay_positions_are_durable_per_relay",
     "test_replay_guard_refuses_a_key_until_it_expires",
     "test_replay_guard_survives_a_restart",
+    "test_reply_outbox_records_once_per_key_and_settles",
+    "test_reply_target_names_the_contact_and_its_latest_messages",
     "test_sending_without_a_ticket_writes_no_ack_reference",
 ]
 
@@ -393,3 +395,135 @@ async def test_a_write_while_the_store_closes_fails_and_never_hangs(
     with pytest.raises(TransientError):
         await asyncio.wait_for(store.probe_write(), 5)
     await asyncio.wait_for(closing, 10)
+
+
+# -- replies out -------------------------------------------------------------------------------
+
+
+def _new_reply(ticket_id: int, uid: str, key: str, *, to: str = "a@example.org",
+               not_before: float = 0.0) -> NewReply:
+    return NewReply(uid=uid, ticket_id=ticket_id, idempotency_key=key, request_hash=f"h-{key}",
+                    channel="email", recipient=to, reply_to="m@customer",
+                    payload=b"reply-" + uid.encode(), not_before=not_before, resolution=True)
+
+
+async def test_reply_outbox_records_once_per_key_and_settles(
+        store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    ticket = await _ticket_with_acks(store, "T-R", ["a@example.org"])
+    queued = NewEvent(id="ev-q1", type="reply.queued", subject="T-R", body=b'{"q":1}')
+    before = store.last_seq
+    row = await store.run(lambda tx: tx.insert_reply(_new_reply(ticket.id, "r-1", "k"), queued))
+    assert (row.uid, row.status, row.channel, row.resolution) == ("r-1", "queued", "email", True)
+    assert (await store.events_after(before, 10))[-1][1] == b'{"q":1}', "event with the row"
+    again = await store.run(lambda tx: tx.insert_reply(
+        _new_reply(ticket.id, "r-2", "k"), NewEvent(id="ev-q2", type="reply.queued",
+                                                    subject="T-R", body=b"{}")))
+    assert again.uid == "r-1" and again.request_hash == "h-k", "the key's first reply"
+    assert len(await store.events_after(before, 10)) == 1, "nothing written for the repeat"
+    assert (await store.reply_by_key(ticket.id, "k")).uid == "r-1"
+    assert await store.reply_by_key(ticket.id, "other") is None
+    later = time.time() + 3600
+    await store.run(lambda tx: tx.insert_reply(
+        _new_reply(ticket.id, "r-3", "k3", not_before=later),
+        NewEvent(id="ev-q3", type="reply.queued", subject="T-R", body=b"{}")))
+
+    now = time.time()
+    [due] = await store.due_replies(50, now)
+    assert (due.uid, due.ticket_number, due.recipient, due.reply_to, due.payload,
+            due.attempts, due.resolution) == ("r-1", "T-R", "a@example.org", "m@customer",
+                                              b"reply-r-1", 0, True)
+    assert [d.uid for d in await store.due_replies(50, later + 1)] == ["r-1", "r-3"]
+    await store.run(lambda tx: tx.retry_reply("r-1", 1, now + 60, "451 later"))
+    assert await store.due_replies(50, now) == []
+    next_at = await store.next_reply_attempt()
+    assert next_at is not None and abs(next_at - (now + 60)) < 1
+
+    sent = NewEvent(id="ev-s1", type="reply.sent", subject="T-R", body=b'{"s":1}')
+    await store.run(lambda tx: tx.finish_reply("r-1", "sent", provider_id="<reply-1@gw>",
+                                               event=sent, unguessable=True, attempts=2))
+    assert (await store.events_after(before, 10))[-1][1] == b'{"s":1}'
+    assert await store.replies_sent_since("email", "a@example.org", now - 60) == 1
+    assert await store.replies_sent_since("sms", "a@example.org", now - 60) == 0
+    found = await store.run(lambda tx: tx.ticket_by_reference(["<reply-1@gw>"]))
+    assert found is not None and found[0].number == "T-R" and found[1] is True, \
+        "the customer's answer to the reply finds the ticket"
+    by_id = await store.run(lambda tx: tx.reply_by_provider_id("<reply-1@gw>"))
+    assert by_id is not None and (by_id.uid, by_id.status) == ("r-1", "sent")
+    assert await store.run(lambda tx: tx.reply_ticket_number("r-1")) == "T-R"
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    contact = ticket.contact_id
+    assert await store.run(lambda tx: tx.pending_rating(contact, since)) == ("r-1", "T-R"), \
+        "a sent resolution waits for its rating"
+    assert await store.run(lambda tx: tx.pending_rating(
+        contact, datetime.now(UTC) + timedelta(minutes=5))) is None, "only since `since`"
+    assert await store.run(lambda tx: tx.pending_rating(contact + 1, since)) is None
+    assert await store.run(lambda tx: tx.ratable_reply("r-1")) == ("T-R", "low")
+    assert await store.run(lambda tx: tx.ratable_reply("r-3")) is None, "not sent yet"
+    await store.run(lambda tx: tx.mark_rated("r-1", 4))
+    assert await store.run(lambda tx: tx.ratable_reply("r-1")) is None, "rated once"
+    assert await store.run(lambda tx: tx.pending_rating(contact, since)) is None, "rated once"
+    await store.run(lambda tx: tx.resolve_ticket(ticket.id))
+    assert await store.run(lambda tx: tx.recent_open_ticket(contact, since)) is None, \
+        "a resolved ticket takes no chat follow-ups"
+    await store.run(lambda tx: tx.finish_reply("r-1", "delivered"))
+    await store.run(lambda tx: tx.finish_reply("r-3", "failed", error="refused"))
+    assert await store.next_reply_attempt() is None
+    await store.close()
+
+    again_store = await store_factory()
+    assert await again_store.due_replies(50, later + 1) == [], "settled rows stay settled"
+    row_after = await again_store.reply_by_key(ticket.id, "k")
+    assert row_after is not None and (row_after.status, row_after.provider_id) == (
+        "delivered", "<reply-1@gw>"), "a later status keeps the provider id"
+    assert await again_store.replies_sent_since("email", "a@example.org", now - 60) == 1
+
+
+async def test_reply_target_names_the_contact_and_its_latest_messages(
+        store_factory: StoreFactory) -> None:
+    import msgspec
+
+    from gateway.decision import StoredReceipt
+
+    store = await store_factory()
+    assert await store.reply_target("T-NONE") is None
+    plan = _plan("T-M", "m@example.org")
+
+    def write(tx: StoreTx) -> int:
+        contact_id, _ = tx.resolve_contact([*plan.identities, ("phone", "+8613800000000")],
+                                           None, None)
+        ticket = tx.insert_ticket(number="T-M", contact_id=contact_id, plan=plan)
+        for i, text in enumerate(("first", "second")):
+            p = msgspec.structs.replace(
+                plan, message_uid=f"u-{i}", message=msgspec.structs.replace(
+                    plan.message, text=text,
+                    received_at=plan.message.received_at + timedelta(seconds=i)))
+            tx.insert_message(plan=p, ticket_id=ticket.id, contact_id=contact_id,
+                              receipt=StoredReceipt(outcome="created", ticket_number="T-M",
+                                                    message_uid=p.message_uid, priority="low",
+                                                    due_at=plan.due_at, acknowledge=True))
+        return ticket.id
+    ticket_id = await store.run(write)
+    target = await store.reply_target("T-M", recent_limit=1)
+    assert target is not None and (target.ticket_id, target.number, target.priority) == (
+        ticket_id, "T-M", "low")
+    assert sorted(target.identities) == [("email", "m@example.org"), ("phone", "+8613800000000")]
+    # Another contact's message on the ticket (a colleague, a bounce) is not the latest.
+    other = msgspec.structs.replace(plan, message_uid="u-other", identities=[
+        ("email", "colleague@example.org")], message=msgspec.structs.replace(
+            plan.message, text="a colleague", contact=Contact(email="colleague@example.org"),
+            received_at=plan.message.received_at + timedelta(seconds=5)))
+
+    def colleague(tx: StoreTx) -> None:
+        cid, _ = tx.resolve_contact(other.identities, None, None)
+        tx.insert_message(plan=other, ticket_id=ticket_id, contact_id=cid,
+                          receipt=StoredReceipt(outcome="followup", ticket_number="T-M",
+                                                message_uid="u-other", priority="low",
+                                                due_at=plan.due_at, acknowledge=False))
+    await store.run(colleague)
+    target = await store.reply_target("T-M", recent_limit=1)
+    assert target is not None
+    latest = msgspec.msgpack.decode(target.latest, type=InboundMessage)
+    assert latest.text == "second"
+    assert [msgspec.msgpack.decode(b, type=InboundMessage).text for b in target.recent] == [
+        "second"], "newest first, at most recent_limit"

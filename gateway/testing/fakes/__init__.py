@@ -29,15 +29,17 @@ if TYPE_CHECKING:
     from gateway.testing.fakes.telegram import FakeTelegram
     from gateway.testing.fakes.twilio import FakeTwilio, signed_webhook
     from gateway.testing.fakes.wechat import FakeWeChat
+    from gateway.testing.fakes.wechat_api import FakeWeChatApi
 
-__all__ = ["Delivery", "FakeServer", "FakeTelegram", "FakeTwilio", "FakeWeChat", "serve_body",
-           "signed_webhook"]
+__all__ = ["Delivery", "FakeServer", "FakeTelegram", "FakeTwilio", "FakeWeChat", "FakeWeChatApi",
+           "serve_body", "signed_webhook"]
 
 _LAZY = {
     "FakeTelegram": "gateway.testing.fakes.telegram",
     "FakeTwilio": "gateway.testing.fakes.twilio",
     "signed_webhook": "gateway.testing.fakes.twilio",
     "FakeWeChat": "gateway.testing.fakes.wechat",
+    "FakeWeChatApi": "gateway.testing.fakes.wechat_api",
 }
 
 

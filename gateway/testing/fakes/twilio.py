@@ -58,6 +58,9 @@ class SentSms(msgspec.Struct, frozen=True, kw_only=True):
     status_callback: str | None
     messaging_service_sid: str | None
     resource: dict[str, Any]
+    content_sid: str | None = None
+    """A template (Content API) send: its SID and its ``ContentVariables`` JSON."""
+    content_variables: str | None = None
 
 
 class MediaDownload(msgspec.Struct, frozen=True, kw_only=True):
@@ -307,6 +310,8 @@ class FakeTwilio(FakeServer):
                 status_callback=str(form.get("StatusCallback") or "") or None,
                 messaging_service_sid=service,
                 resource=resource,
+                content_sid=str(form.get("ContentSid") or "") or None,
+                content_variables=str(form.get("ContentVariables") or "") or None,
             )
         )
         return web.json_response(resource, status=201)
