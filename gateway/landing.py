@@ -13,6 +13,8 @@ from typing import TextIO
 
 from aiohttp import web
 
+from gateway.plugin.openapi import Answer, Body, Operation, refused
+
 # (label, candidate paths): the first path the application serves is the one shown.
 _PAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("dashboard", ("/dashboard",)),
@@ -61,6 +63,18 @@ li{{margin:.4rem 0}}code{{background:#f2f4f7;padding:0 .25rem}}</style></head>
 <p>JSON API: <code>POST /v1/messages</code>; events: <code>intake-gateway tail --follow</code>.</p>
 </body></html>
 """
+
+
+LANDING_OPERATIONS: tuple[Operation, ...] = (
+    Operation(method="get", path="/", tag="health", summary="Where to go from here",
+              description="On a loopback listener, links to the form, the dashboard, the API "
+                          "docs and the metrics; elsewhere a redirect to the form.",
+              answers=(Answer(status=200, description="The links page.",
+                              body=Body(media_type="text/html")),
+                       Answer(status=302, description="To the form (not loopback).",
+                              headers=("Location",)),
+                       refused(404, "Not loopback, and no form."))),
+)
 
 
 def landing_routes(*, loopback: bool, form_path: str | None,

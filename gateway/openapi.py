@@ -215,14 +215,36 @@ def _operation_id(op: Operation) -> str:
     return op.method + "_" + (re.sub(r"[^A-Za-z0-9]+", "_", op.path).strip("_") or "root")
 
 
+def configured_operations(*, landing: bool, dashboard_path: str | None, dashboard_token: bool,
+                          replies: bool, replies_signed: bool, rating_page: bool
+                          ) -> list[Operation]:
+    """The core's routes that depend on the configuration: ``/``, the dashboard, the replies."""
+    from gateway.dashboard.openapi import dashboard_operations
+    from gateway.landing import LANDING_OPERATIONS
+    from gateway.replies.openapi import reply_operations
+
+    ops: list[Operation] = list(LANDING_OPERATIONS) if landing else []
+    if dashboard_path is not None:
+        ops += dashboard_operations(dashboard_path, token=dashboard_token)
+    if replies:
+        ops += reply_operations(signed=replies_signed, rating_page=rating_page)
+    return ops
+
+
 def committed_document() -> dict[str, Any]:
-    """``schemas/json/openapi.json``: the defaults, every installed adapter enabled."""
-    return openapi_document(adapter_operations(reference_adapters()))
+    """``schemas/json/openapi.json``: the defaults, every installed adapter enabled, the
+    dashboard behind its token, replies signed with their signed rating page."""
+    return openapi_document(
+        adapter_operations(reference_adapters())
+        + configured_operations(landing=True, dashboard_path="/dashboard", dashboard_token=True,
+                                replies=True, replies_signed=True, rating_page=True))
 
 
-def served_document(adapters: Iterable[AdapterBase], *, events_token: bool = True
-                    ) -> dict[str, Any]:
+def served_document(adapters: Iterable[AdapterBase], *, events_token: bool = True,
+                    configured: Sequence[Operation] = ()) -> dict[str, Any]:
     """``/openapi.json``: the core and the enabled adapters, under their running config;
-    ``events_token`` says whether the events routes require one."""
-    return openapi_document(adapter_operations((type(a), a.config) for a in adapters),
+    ``events_token`` says whether the events routes require one; ``configured`` are the
+    core's configuration-dependent routes (:func:`configured_operations`)."""
+    return openapi_document(adapter_operations((type(a), a.config) for a in adapters)
+                            + list(configured),
                             not_in_force=() if events_token else ("eventsToken",))

@@ -32,7 +32,7 @@ from gateway.intake import IntakeService
 from gateway.landing import announce, landing_routes, useful_links
 from gateway.logs import install_log_guards
 from gateway.observability import ScrapeGauges, declare_channels
-from gateway.openapi import served_document
+from gateway.openapi import configured_operations, served_document
 from gateway.openapi_routes import openapi_routes
 from gateway.plugin import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterBase, AdapterContext
 from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
@@ -207,8 +207,7 @@ class Gateway:
                        before_metrics=self.scrape_gauges.refresh),
             [route for adapter in self.adapters for route in adapter.routes()]
             + self.replies.routes() + self.operator_routes())
-        app.router.add_routes(openapi_routes(served_document(
-            self.adapters, events_token=self.events_token is not None)))
+        app.router.add_routes(openapi_routes(self.openapi_document()))
         self.app = app
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      keepalive_timeout=self.config.server.idle_timeout)
@@ -235,6 +234,19 @@ class Gateway:
     @property
     def dashboard_path(self) -> str:
         return self.config.dashboard.path.rstrip("/") or "/dashboard"
+
+    def openapi_document(self) -> dict[str, Any]:
+        """What ``/openapi.json`` serves: this configuration's routes, each described."""
+        replies_on = bool(self.replies.routes())
+        dashboard = self.dashboard
+        return served_document(
+            self.adapters, events_token=self.events_token is not None,
+            configured=configured_operations(
+                landing=True,
+                dashboard_path=dashboard.path if dashboard is not None else None,
+                dashboard_token=dashboard is not None and dashboard.access.token is not None,
+                replies=replies_on, replies_signed=self.replies.service.signer is not None,
+                rating_page=replies_on and self.replies.service.links is not None))
 
     def operator_routes(self) -> list[web.AbstractRouteDef]:
         """Routes of the core's own pages: ``/`` and the dashboard."""

@@ -54,11 +54,15 @@ class Dashboard:
 
     def routes(self) -> list[web.AbstractRouteDef]:
         p = self.path
-        return [web.get(p, self.page), web.get(f"{p}/panels", self.panels),
-                web.get(f"{p}/data.json", self.data), web.get(f"{p}/login", self.login_page),
-                web.post(f"{p}/login", self.login), web.post(f"{p}/logout", self.logout),
-                web.post(f"{p}/dead-letters/replay", self.replay_dead_letters),
-                web.post(f"{p}/quarantine/replay", self.replay_quarantined)]
+        routes: list[web.AbstractRouteDef] = [
+                  web.get(p, self.page), web.get(f"{p}/panels", self.panels),
+                  web.get(f"{p}/data.json", self.data),
+                  web.post(f"{p}/dead-letters/replay", self.replay_dead_letters),
+                  web.post(f"{p}/quarantine/replay", self.replay_quarantined)]
+        if self.access.token is not None:  # without one there is nobody to sign in
+            routes += [web.get(f"{p}/login", self.login_page), web.post(f"{p}/login", self.login),
+                       web.post(f"{p}/logout", self.logout)]
+        return routes
 
     # -- reading -------------------------------------------------------------------------
 
@@ -152,7 +156,7 @@ class Dashboard:
         return self._html(body, nonce, status=401 if failed else 200)
 
     async def login(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        form = await _form(request)
         resp = web.HTTPSeeOther(self.path)
         if self.access.sign_in(request, str(form.get("token", "")), resp):
             raise resp
@@ -160,7 +164,7 @@ class Dashboard:
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         who = self._who(request)
-        form = await request.post()
+        form = await _form(request)
         self.access.check_csrf(who, str(form.get("csrf", "")))
         resp = web.HTTPSeeOther(f"{self.path}/login" if self.access.token else self.path)
         self.access.sign_out(request, resp)
@@ -170,7 +174,7 @@ class Dashboard:
 
     async def _checked_form(self, request: web.Request) -> Any:
         who = self._who(request)
-        form = await request.post()
+        form = await _form(request)
         self.access.check_csrf(who, str(form.get("csrf", "")))
         return form
 
@@ -188,3 +192,14 @@ class Dashboard:
         result = await adapter.replay_quarantined(item)
         self.notes.appendleft(f"{kind} {item}: {result}")
         raise web.HTTPSeeOther(self.path)
+
+
+async def _form(request: web.Request) -> Any:
+    """The posted form; a body that is no form (a broken multipart, say) is a 400, not a 500."""
+    if request.content_type not in ("", "application/x-www-form-urlencoded",
+                                    "multipart/form-data"):
+        raise RejectedInput("post the dashboard's form (application/x-www-form-urlencoded)")
+    try:
+        return await request.post()
+    except (ValueError, AssertionError, UnicodeError) as exc:  # aiohttp's parse errors
+        raise RejectedInput(f"the form could not be read: {type(exc).__name__}") from None

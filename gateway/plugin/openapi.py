@@ -86,6 +86,9 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     "wechatSignature": {"type": "apiKey", "in": "query", "name": "signature",
                         "description": "SHA-1 of the sorted token, timestamp and nonce "
                                        "(with msg_signature for encrypted pushes)."},
+    "dashboardToken": {"type": "http", "scheme": "bearer",
+                       "description": "dashboard.token_env / token_file, as a Bearer header or "
+                                      "through the login page's session cookie."},
     "webhookSignature": {"type": "apiKey", "in": "header", "name": "webhook-signature",
                          "description": "Standard Webhooks `v1,<base64 HMAC>` with "
                                         "webhook-id and webhook-timestamp, or the source's "
