@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -373,3 +374,71 @@ async def test_widget_is_served_with_its_texts(gw: Gateway, http: aiohttp.Client
     assert set(texts) == {"en", "zh-CN", "zh-TW"}
     async with http.get(f"{gw.url}/webchat/widget.css") as r:
         assert r.status == 200 and r.content_type == "text/css"
+
+
+async def test_rate_and_size_limits(make_gateway: MakeGateway,
+                                    http: aiohttp.ClientSession) -> None:
+    gw = await make_gateway(_toml(extra=(
+        "message_rate = 3\nsession_rate = 4\nmax_message_chars = 50\n"
+        "max_frame_bytes = 2048\nmax_connections_per_ip = 2\n"
+        'auth_timeout = "1s"\n')))
+    v = await open_session(http, gw)
+    for n in range(3):
+        status, _ = await v.post(f"message number {n}")
+        assert status == 200
+    async with http.post(f"{gw.url}/webchat/v1/messages", headers=v.auth,
+                         json={"client_id": _cid(), "text": "one too many"}) as r:
+        assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+    other = await open_session(http, gw)  # the limit is per session
+    status, body = await other.post("x" * 51)
+    assert status == 413 and body["field"] == "text"
+    async with http.post(f"{gw.url}/webchat/v1/messages", headers=other.auth,
+                         data=b"{" + b" " * 3000 + b"}") as r:
+        assert r.status == 413
+    for _ in range(2):  # four sessions per window from one address, two were opened above
+        await open_session(http, gw)
+    async with http.post(f"{gw.url}/webchat/v1/sessions", headers={"Origin": ORIGIN},
+                         json={"site": SITE}) as r:
+        assert r.status == 429
+
+    # WebSocket: a frame over the limit closes with 1009; bad frames are answered, then cut.
+    await other.connect()
+    assert other.ws is not None
+    await other.ws.send_str('{"type": "message", "text": "' + "x" * 3000 + '"}')
+    closed = await other.ws.receive(timeout=5)
+    assert closed.type == aiohttp.WSMsgType.CLOSE and other.ws.close_code == 1009
+    await other.connect()
+    for _ in range(10):
+        await other.ws.send_str("not json")
+        frame = await other.ws.receive(timeout=5)
+        assert json.loads(frame.data)["status"] == 400
+    closed = await other.ws.receive(timeout=5)
+    assert closed.type == aiohttp.WSMsgType.CLOSE and other.ws.close_code == 1008
+    # No auth frame within auth_timeout: closed 4001. Two open sockets per address at most.
+    idle = await http.ws_connect(f"{gw.url}/webchat/v1/ws?site={SITE}",
+                                 headers={"Origin": ORIGIN})
+    second = await http.ws_connect(f"{gw.url}/webchat/v1/ws?site={SITE}",
+                                   headers={"Origin": ORIGIN})
+    with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+        await http.ws_connect(f"{gw.url}/webchat/v1/ws?site={SITE}", headers={"Origin": ORIGIN})
+    assert exc.value.status == 429
+    closed = await idle.receive(timeout=5)
+    assert closed.type == aiohttp.WSMsgType.CLOSE and idle.close_code == 4001
+    await second.close()
+
+
+async def test_config_errors_name_the_key(make_gateway: MakeGateway) -> None:
+    from gateway.errors import ConfigError
+
+    base = _toml()
+    for broken, words in (
+            (base.replace('session_secret_env = "INTAKE_CONTRACT_WEBCHAT_SECRET"\n', ""),
+             "session_secret_env"),
+            (base.replace(f'key = "{SITE}"', 'key = "short"'), "sites[0].key"),
+            (base.replace(f'allowed_origins = ["{ORIGIN}"]',
+                          'allowed_origins = ["https://shop.example.com/path"]'),
+             "allowed_origins"),
+            (base.replace("enabled = true\n", 'enabled = true\nmessage_rate = 0\n', 1)
+             .replace('[intake]\nchat_followup_window = "10m"\n', ""), "message_rate")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            await make_gateway(broken)

@@ -168,7 +168,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise RejectedInput(f"the JSON does not fit: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise RejectedInput("the body is not valid UTF-8 JSON") from None
     except RecursionError:
         raise RejectedInput("the JSON is nested too deeply") from None
@@ -702,7 +702,8 @@ class WebchatAdapter(AdapterBase):
             got_site, conv = await self._session_of(frame.token)
             if got_site is not site:
                 raise Unauthorized("the token belongs to another site")
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError,
+                UnicodeDecodeError):
             await ws.close(code=4001, message=b"the first frame must be auth")
             return None
         except Unauthorized as exc:
@@ -745,7 +746,8 @@ class WebchatAdapter(AdapterBase):
                 else:
                     raise RejectedInput("already authenticated")
                 continue
-            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError,
+                    UnicodeDecodeError) as exc:
                 error: dict[str, Any] = {"type": "error", "status": 400,
                                          "error": f"not a frame this channel takes: {exc}"
                                          if isinstance(exc, msgspec.ValidationError)
