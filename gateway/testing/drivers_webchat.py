@@ -12,14 +12,17 @@ suite's "same content again is a duplicate" would be a follow-up (the window is 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import uuid
 from typing import ClassVar
 
 import aiohttp
+import msgspec
 
 from gateway.testing.drivers import Customer, Delivery
 
-__all__ = ["SITE", "WebchatDriver", "webchat_toml"]
+__all__ = ["SITE", "LoadResult", "Visitors", "WebchatDriver", "load_toml", "webchat_toml"]
 
 SITE = "contract-site"
 SESSION_SECRET = "contract-webchat-session-secret-0123456789"
@@ -80,3 +83,107 @@ class WebchatDriver:
                                 headers={"Authorization": f"Bearer {token}",
                                          "Content-Type": "application/json"}) as resp:
             return resp.status
+
+
+# -- load: many visitors at once, over the WebSocket ---------------------------------------------
+
+
+class LoadResult(msgspec.Struct, kw_only=True):
+    """What :func:`chat_load` saw: every message must be answered with a ticket number."""
+
+    visitors: int
+    sent: int = 0
+    answered: int = 0
+    errors: list[str] = []
+    tickets: int = 0
+    """Distinct ticket numbers told (a visitor's later messages follow up on its first)."""
+
+
+class Visitors:
+    """``n`` visitors of ``site`` with a session each and, after :meth:`connect`, an open and
+    authenticated WebSocket each; :meth:`chat` has each send ``k`` messages one after another,
+    waiting for the answer to each."""
+
+    def __init__(self, base_url: str, n: int, *, site: str = SITE) -> None:
+        self.base_url, self.n, self.site = base_url, n, site
+        self.tokens: list[str] = []
+        self.sockets: list[aiohttp.ClientWebSocketResponse] = []
+        self.http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Visitors:
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
+        if self.http is not None:
+            await self.http.close()
+
+    async def open_sessions(self, concurrency: int = 50) -> None:
+        assert self.http is not None
+        http = self.http
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> str:
+            async with gate, http.post(f"{self.base_url}/webchat/v1/sessions", json={
+                    "site": self.site, "locale": "en", "name": f"visitor {i}"}) as resp:
+                resp.raise_for_status()
+                return str((await resp.json())["token"])
+
+        self.tokens = list(await asyncio.gather(*(one(i) for i in range(self.n))))
+
+    async def connect(self, concurrency: int = 50) -> None:
+        assert self.http is not None
+        http = self.http
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(token: str) -> aiohttp.ClientWebSocketResponse:
+            async with gate:
+                ws = await http.ws_connect(f"{self.base_url}/webchat/v1/ws?site={self.site}",
+                                           heartbeat=None, autoping=True)
+                await ws.send_json({"type": "auth", "token": token})
+                ready = await ws.receive_json(timeout=30)
+                if ready.get("type") != "ready":
+                    raise RuntimeError(f"not ready: {ready}")
+                return ws
+
+        self.sockets = list(await asyncio.gather(*(one(t) for t in self.tokens)))
+
+    async def chat(self, k: int, *, timeout: float = 120.0) -> LoadResult:
+        result = LoadResult(visitors=len(self.sockets))
+        told: set[str] = set()
+
+        async def one(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+            for m in range(k):
+                cid = f"load-{i:06d}-{m:04d}-{uuid.uuid4().hex[:8]}"
+                await ws.send_json({"type": "message", "client_id": cid,
+                                    "text": f"Visitor {i} asks question {m}: is order "
+                                            f"{100000 + i} on its way?"})
+                result.sent += 1
+                while True:
+                    frame = await ws.receive_json(timeout=timeout)
+                    if frame.get("type") == "ack" and frame.get("client_id") == cid:
+                        number = (frame.get("entry") or {}).get("ticket_number")
+                        if isinstance(number, str):
+                            result.answered += 1
+                            told.add(number)
+                        else:
+                            result.errors.append(f"{cid}: no ticket number")
+                        break
+                    if frame.get("type") == "error":
+                        result.errors.append(f"{cid}: {frame}")
+                        break
+
+        outcomes = await asyncio.wait_for(asyncio.gather(
+            *(one(i, ws) for i, ws in enumerate(self.sockets)), return_exceptions=True),
+            timeout)
+        result.errors += [repr(o) for o in outcomes if isinstance(o, BaseException)]
+        result.tickets = len(told)
+        return result
+
+
+def load_toml(n: int) -> str:
+    """The webchat table for ``n`` visitors from one address (limits far above the load)."""
+    return webchat_toml(extra=(
+        f"message_rate = 1000\nip_message_rate = {100 * n + 100}\n"
+        f"session_rate = {n + 100}\nmax_connections_per_ip = {n + 100}\n"))
