@@ -442,3 +442,55 @@ async def test_config_errors_name_the_key(make_gateway: MakeGateway) -> None:
              .replace('[intake]\nchat_followup_window = "10m"\n', ""), "message_rate")):
         with pytest.raises(ConfigError, match=re.escape(words)):
             await make_gateway(broken)
+
+
+async def test_revocation_and_pending_fallbacks_survive_a_restart(
+        make_gateway: MakeGateway, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    toml = _toml(extra='reply_fallback_delay = "2s"\n')
+    gw = await make_gateway(toml, data_dir=tmp_path / "gw")
+    gone = await open_session(http, gw)
+    async with http.delete(f"{gw.url}/webchat/v1/session", headers=gone.auth) as r:
+        assert r.status == 200
+    away = await open_session(http, gw, phone="+8613800138000")
+    await away.post("Please call me.")
+    await adapter_of(gw).deliver_reply(f"{SITE}:s:{away.sid}", "We called.", reply_id="k1")
+    await gw.stop()  # before the fallback is due
+
+    gw2 = await make_gateway(toml, data_dir=tmp_path / "gw")
+    sent: list[ReplyFallback] = []
+    adapter_of(gw2).reply_fallback = _append_to(sent)
+    status, _ = await Visitor(http, gw2, gone.token, gone.sid).post("back again")
+    assert status == 401
+    async with http.get(f"{gw2.url}/webchat/v1/session", headers=gone.auth) as r:
+        assert r.status == 401
+    await _until(lambda: sent)
+    assert [(s.phone, s.reply_id) for s in sent] == [("+8613800138000", "k1")]
+
+
+def _append_to(sink: list[ReplyFallback]) -> Any:
+    async def fallback(item: ReplyFallback) -> None:
+        sink.append(item)
+    return fallback
+
+
+async def _until(check: Any, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_revocation_on_one_replica_holds_on_another(
+        make_gateway: MakeGateway, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    # Two gateways on one store, as two replicas: B has the session cached when A revokes it.
+    a = await make_gateway(_toml(), data_dir=tmp_path / "shared")
+    b = await make_gateway(_toml(), data_dir=tmp_path / "shared")
+    v = await open_session(http, a)
+    on_b = Visitor(http, b, v.token, v.sid)
+    status, _ = await on_b.post("Hello from replica B.")
+    assert status == 200
+    async with http.delete(f"{a.url}/webchat/v1/session", headers=v.auth) as r:
+        assert r.status == 200
+    status, _ = await on_b.post("Still me?")
+    assert status == 401

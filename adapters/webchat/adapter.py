@@ -291,6 +291,16 @@ class WebchatAdapter(AdapterBase):
 
     async def start(self) -> None:
         await self.push.start()
+        # Fallbacks scheduled before a restart are armed again (their replies are kept).
+        for key, raw in await self.ctx.state.items("f/"):
+            _, sid, seq = key.split("/")
+            conv = await self.convs.get(sid)
+            entry = next((e for e in conv.entries if e.seq == int(seq)), None) if conv else None
+            if conv is None or entry is None:
+                await self.ctx.state.delete(key)
+                continue
+            delay = max(0.0, float(raw.decode()) - self.ctx.clock().timestamp())
+            self._spawn(self._fallback_later(conv, entry, delay))
 
     async def draining(self) -> None:
         """Close every live connection (1001, going away): clients reconnect to a replica
@@ -415,7 +425,10 @@ class WebchatAdapter(AdapterBase):
         conv = await self.convs.get(sid) if site is not None else None
         if site is None or conv is None or conv.record.site != site_key:
             raise Unauthorized("the session is unknown; start a new session")
-        if conv.record.revoked:
+        # The revocation mark is read from the store on every use, not from this process's
+        # cache: a session revoked through another replica is refused here too.
+        if conv.record.revoked or await self.ctx.state.get(f"r/{sid}") is not None:
+            conv.record.revoked = True
             raise Unauthorized("the session was revoked; start a new session")
         return site, conv
 
@@ -491,6 +504,7 @@ class WebchatAdapter(AdapterBase):
         if conv is None:
             raise NotFound("no such session")
         conv.record.revoked = True
+        await self.ctx.state.put(f"r/{session_id}", b"1")
         await self.convs.save(conv)
         for ws in list(conv.sockets):
             with contextlib.suppress(Exception):
@@ -658,6 +672,8 @@ class WebchatAdapter(AdapterBase):
         if site is None:
             raise NotFound("no such site key", field="site")
         self._check_origin(request, site)
+        if self._draining:
+            raise TransientError("the gateway is stopping; reconnect")
         peer = self._peer(request)
         if self.connections.get(peer, 0) >= self.config.max_connections_per_ip:
             raise RateLimited("too many open chat connections from this address",
@@ -834,8 +850,11 @@ class WebchatAdapter(AdapterBase):
                     type="webchat.reply", title=self._texts(conv)["push_reply_title"],
                     body=cleaned, entry=entry))
             if conv.record.email or conv.record.phone:
-                fallback_at = _iso(self.ctx.clock().timestamp() + self.fallback_delay)
-                self._spawn(self._fallback_later(conv, entry))
+                due = self.ctx.clock().timestamp() + self.fallback_delay
+                fallback_at = _iso(due)
+                await self.ctx.state.put(f"f/{conv.record.sid}/{entry.seq}",
+                                         repr(due).encode())
+                self._spawn(self._fallback_later(conv, entry, self.fallback_delay))
         return DeliveryResult(status=status, sessions=[c.record.sid for c in convs],
                               pushed=pushed, fallback_at=fallback_at)
 
@@ -856,9 +875,11 @@ class WebchatAdapter(AdapterBase):
             return found
         return []
 
-    async def _fallback_later(self, conv: Conversation, entry: Entry) -> None:
-        await asyncio.sleep(self.fallback_delay)
+    async def _fallback_later(self, conv: Conversation, entry: Entry, delay: float) -> None:
+        await asyncio.sleep(delay)
+        key = f"f/{conv.record.sid}/{entry.seq}"
         if conv.seen >= entry.seq:
+            await self.ctx.state.delete(key)
             return
         r = conv.record
         fallback = ReplyFallback(site=r.site, session_id=r.sid, email=r.email, phone=r.phone,
@@ -873,11 +894,13 @@ class WebchatAdapter(AdapterBase):
             else:
                 self.ctx.log.warning("reply %s unseen and no fallback sender is configured",
                                      entry.reply_id)
-                return
-            self.ctx.log.info("reply %s unseen in the chat: sent to the fallback",
-                              entry.reply_id)
+            if self.reply_fallback is not None or self.push.webhook_enabled:
+                self.ctx.log.info("reply %s unseen in the chat: sent to the fallback",
+                                  entry.reply_id)
         except Exception:
+            # Not retried: the reply stays in the chat for the visitor's next visit.
             self.ctx.log.exception("reply %s: the fallback failed", entry.reply_id)
+        await self.ctx.state.delete(key)
 
 
 def _user_key(user_id: str) -> str:
