@@ -278,3 +278,66 @@ def check_screenshot(png: bytes, *, width: int, phone: bool) -> None:
     log_grey = bytes((0xF4, 0xF6, 0xF8))
     grey = sum(row.count(log_grey) // 1 for row in rows[h // 3: 2 * h // 3])
     assert grey > 1000, "the conversation area is missing"
+
+
+async def test_without_websockets_the_widget_falls_back_to_http(
+        shop: tuple[HostSite, Gateway], browser: Any) -> None:
+    host, gw = shop
+    context = await browser.new_context(locale="en")
+    # A network that blocks WebSockets (some proxies do): the widget long-polls instead.
+    await context.add_init_script("window.WebSocket = undefined;")
+    try:
+        page = await context.new_page()
+        await page.goto(host.url + "/?lang=en")
+        await page.get_by_role("button", name="Chat with us").click()
+        await write(page, "Is the shop open on Sunday?")
+        assert NUMBER.match(await ticket_of(page, 1))
+        adapter = adapter_of(gw)
+        (sid,) = [c.record.sid for c in adapter.convs._cache.values()]
+        got = await adapter.deliver_reply(f"{SITE}:s:{sid}", "Yes, from 10 to 18.",
+                                          reply_id="poll-1")
+        assert got.status == "queued"  # no socket: the long poll takes it
+        await page.locator('.iwc-entry[data-seq="2"].iwc-reply').wait_for(timeout=30_000)
+        assert "Yes, from 10 to 18." in (await page.text_content(".iwc-log") or "")
+        assert adapter.sockets == set()
+    finally:
+        await context.close()
+
+
+async def test_keyboard_labels_and_an_attachment(shop: tuple[HostSite, Gateway],
+                                                 browser: Any) -> None:
+    host, gw = shop
+    context = await browser.new_context(locale="en")
+    try:
+        page = await context.new_page()
+        await page.goto(host.url + "/?lang=en")
+        launcher = page.get_by_role("button", name="Chat with us")
+        await launcher.focus()
+        await page.keyboard.press("Enter")
+        assert await page.evaluate("document.activeElement.id") == "iwc-text"
+        # Every field has an accessible name, every button a label.
+        unnamed = await page.evaluate("""() => [...document.querySelectorAll(
+            '#intake-webchat input, #intake-webchat textarea, #intake-webchat button')]
+            .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                          && !el.textContent.trim()).map(el => el.outerHTML)""")
+        assert unnamed == []
+        await page.get_by_label("Name (optional)").fill("Li Wei")
+        await page.locator(".iwc-file").set_input_files(
+            [{"name": "router-lights.png", "mimeType": "image/png",
+              "buffer": b"\x89PNG\r\n\x1a\n" + os.urandom(1024)}])
+        await write(page, "The lights blink red, photo attached.")
+        await ticket_of(page, 1)
+        assert "router-lights.png" in (await page.text_content(
+            '.iwc-entry[data-seq="1"] .iwc-attachment') or "")
+        await page.keyboard.press("Escape")
+        assert await page.locator(".iwc-panel").is_hidden()
+        assert await page.evaluate("document.activeElement.className") == "iwc-launcher"
+    finally:
+        await context.close()
+    async with aiohttp.ClientSession() as http, \
+            http.get(gw.url + "/v1/events", params={"after": "0"}) as resp:
+        events = [e["event"] for e in (await resp.json())["events"]]
+    (created,) = [e for e in events if e["type"] == "ticket.created"]
+    message = created["data"]["message"]
+    assert [a["name"] for a in message["attachments"]] == ["router-lights.png"]
+    assert created["data"]["contact"]["name"] == "Li Wei"
