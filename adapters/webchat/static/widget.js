@@ -263,6 +263,10 @@
         if (frame.status === 401) { resetSession(); return; }
         if (frame.client_id && frame.status >= 400 && frame.status < 500 && frame.status !== 429) {
           failPending(frame.client_id, frame.error);
+        } else if (frame.client_id) {
+          // 429 or 503: the same message again later, with the same client id.
+          var again = pending.filter(function (p) { return p.client_id === frame.client_id; })[0];
+          if (again) { setTimeout(function () { sendOne(again); }, 1000 * (frame.retry_after || 5)); }
         }
       }
     };
