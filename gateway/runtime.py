@@ -320,6 +320,8 @@ class Gateway:
             return
         self._stopped = True
         if self._runner is not None:
+            for adapter in self.adapters:
+                await adapter.draining()
             await self._runner.cleanup()
             self._runner = None
         await self.dispatcher.stop()

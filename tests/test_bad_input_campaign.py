@@ -35,7 +35,7 @@ from urllib.parse import quote, urlencode
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.runtime import Gateway
@@ -61,7 +61,10 @@ os.environ.update({
     "INTAKE_CAMPAIGN_TWILIO": TWILIO_TOKEN, "INTAKE_CAMPAIGN_TELEGRAM": TELEGRAM_TOKEN,
     "INTAKE_CAMPAIGN_TELEGRAM_SECRET": TELEGRAM_SECRET, "INTAKE_CAMPAIGN_WECHAT": WECHAT_TOKEN,
     "INTAKE_CAMPAIGN_WECHAT_AES": WECHAT_AES, "INTAKE_CAMPAIGN_API": API_SECRET,
+    "INTAKE_CAMPAIGN_WEBCHAT": "campaign-webchat-session-secret-0123456789",
 })
+WEBCHAT_SITE = "campaign-site"
+WEBCHAT_ORIGIN = "https://shop.example.com"
 
 KEPT_BOUND = 4 * 1_048_576
 """Python memory one round of 150 inputs may leave allocated: caches fill, nothing per input."""
@@ -129,7 +132,13 @@ def gateway_toml(twilio: FakeTwilio, telegram: FakeTelegram) -> str:
         f'api_base_url = "{telegram.url}"\n'
         '[adapters.wechat]\nenabled = true\ntoken_env = "INTAKE_CAMPAIGN_WECHAT"\n'
         'mode = "compat"\nencoding_aes_key_env = "INTAKE_CAMPAIGN_WECHAT_AES"\n'
-        'app_id = "wx00000000campaign"\n')
+        'app_id = "wx00000000campaign"\n'
+        # Limits far above what the campaign sends: the inputs, not the rate limits, are tested.
+        '[adapters.webchat]\nenabled = true\nsession_secret_env = "INTAKE_CAMPAIGN_WEBCHAT"\n'
+        "message_rate = 100000\nip_message_rate = 100000\nsession_rate = 100000\n"
+        'auth_timeout = "2s"\n'
+        f'[[adapters.webchat.sites]]\nkey = "{WEBCHAT_SITE}"\nallow_apps = true\n'
+        f'allowed_origins = ["{WEBCHAT_ORIGIN}"]\n')
 
 
 @pytest.fixture
@@ -716,3 +725,166 @@ async def test_campaign_keeps_memory_flat(gw: Gateway) -> None:
     TRIED["memory rounds: RSS growth over the second, in MB"] = max(1, rss_grown // 1_048_576)
     assert kept < KEPT_BOUND, f"{kept / 1_048_576:.1f} MB of objects kept by 150 inputs"
     assert rss_grown < RSS_BOUND, f"RSS grew by {rss_grown / 1_048_576:.1f} MB in the second round"
+
+
+# -- the live chat: its HTTP routes and its WebSocket -----------------------------------------
+
+WS_CLOSE_CODES = {1000, 1001, 1003, 1007, 1008, 1009, 4001}
+"""What the chat may close a WebSocket with: never 1011 (an internal error)."""
+WS_FRAME_TYPES = {"ready", "entry", "ack", "error", "pong"}
+
+chat_client_id = st.one_of(st.from_regex(r"[A-Za-z0-9_-]{8,64}", fullmatch=True), hostile_text)
+chat_frame = st.fixed_dictionaries(
+    {"type": maybe(st.sampled_from(["auth", "message", "catchup", "ping", "bye"]))},
+    optional={"token": maybe(hostile_text), "after": maybe(st.integers()),
+              "client_id": maybe(chat_client_id), "text": maybe(hostile_text),
+              "attachments": maybe(st.lists(hostile_text, max_size=3))})
+ws_input = st.one_of(
+    as_json(chat_frame).map(lambda b: ("text", b)),
+    as_json(chat_frame).map(lambda b: ("text", b)),
+    as_json(json_value).map(lambda b: ("text", b)),
+    raw_json_bodies.map(lambda b: ("text", b)),
+    hostile_bytes.map(lambda b: ("text", b)),
+    st.binary(max_size=100).map(lambda b: ("binary", b)),
+)
+
+
+async def webchat_token(gw: Gateway) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{gw.url}/webchat/v1/sessions", json={"site": WEBCHAT_SITE}) as resp:
+        assert resp.status == 200
+        return str((await resp.json())["token"])
+
+
+async def ws_exchange(gw: Gateway, token: str, auth: tuple[str, bytes] | None,
+                      frames: list[tuple[str, bytes]], origin: bytes | None) -> list[str]:
+    """Connect, authenticate (with ``auth`` instead of the real token when given), send the
+    frames; return what went wrong (empty when every answer kept the rules)."""
+    import aiohttp
+
+    problems: list[str] = []
+    logged = len(TRACEBACKS.seen)
+    headers = {"Origin": origin.decode("latin-1")} if origin is not None else {}
+    async with aiohttp.ClientSession() as http:
+        try:
+            ws = await http.ws_connect(f"{gw.url}/webchat/v1/ws?site={WEBCHAT_SITE}",
+                                       headers=headers, max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status >= 500:
+                problems.append(f"handshake answered {exc.status}")
+            return problems
+        except ValueError:
+            return problems  # the client library itself refuses to send such a header
+        async with ws:
+            first = auth or ("text", json.dumps({"type": "auth", "token": token}).encode())
+            with contextlib.suppress(ConnectionError):
+                for kind, data in [first, *frames]:
+                    if ws.closed:
+                        break
+                    opcode = aiohttp.WSMsgType.TEXT if kind == "text" else aiohttp.WSMsgType.BINARY
+                    await ws.send_frame(data, opcode)
+                if not ws.closed:
+                    await ws.send_str('{"type": "ping"}')
+            while True:
+                msg = await ws.receive(timeout=10)
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    frame = json.loads(msg.data)
+                    if frame.get("type") not in WS_FRAME_TYPES:
+                        problems.append(f"unknown frame {msg.data[:200]}")
+                    if frame.get("type") == "error" and frame.get("status", 0) >= 500:
+                        problems.append(f"error frame {msg.data[:200]}")
+                    if frame.get("type") == "pong":
+                        break
+                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                                  aiohttp.WSMsgType.CLOSED):
+                    break
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    problems.append(f"transport error {msg.data!r}")
+                    break
+            await ws.close()
+            # 1006 (no close frame read) is also what a client sees when it kept sending after
+            # the server closed (1009, 1008) and the reset overtook the close frame: a crash
+            # is told apart by the traceback it logs.
+            code = ws.close_code
+            if code is not None and code not in WS_CLOSE_CODES and (
+                    code != 1006 or len(TRACEBACKS.seen) > logged):
+                problems.append(f"closed with {code}")
+    if len(TRACEBACKS.seen) > logged:
+        problems.append(f"the gateway logged {TRACEBACKS.seen[-1]}")
+    return problems
+
+
+async def test_webchat_websocket_survives_generated_frames(gw: Gateway) -> None:
+    token = await webchat_token(gw)
+
+    def body(on_loop: Callable[[Any], Any]) -> None:
+        @campaign(max_examples=150)
+        @example(auth=None, frames=[("text", b'{"type": "message", "client_id": "abcdefgh", '
+                                             b'"text": "\\ud800"}'),
+                                    ("text", b"\xff\xfe"), ("binary", b"\x00")], origin=None)
+        @example(auth=None, frames=[("text", b'{"type": "message", "text": "' + b"x" * 70_000
+                                     + b'"}')], origin=None)
+        @example(auth=("text", b"[" * 50_000 + b"]" * 50_000), frames=[], origin=None)
+        @given(auth=st.one_of(st.none(), st.none(), ws_input),
+               frames=st.lists(ws_input, max_size=5),
+               origin=st.one_of(st.none(), st.just(WEBCHAT_ORIGIN.encode()), header_value))
+        def one(auth: tuple[str, bytes] | None, frames: list[tuple[str, bytes]],
+                origin: bytes | None) -> None:
+            TRIED["webchat: websocket sessions"] += 1
+            TRIED["webchat: websocket frames"] += len(frames) + 1
+            problems = on_loop(ws_exchange(gw, token, auth, frames, origin))
+            FAILURES.extend(problems)
+            assert not problems, (f"{problems} for {repr(auth)[:500]} {repr(frames)[:1500]}; "
+                                  f"{last_traceback()}")
+
+        one()
+
+    await run_batch(gw, body)
+    # Still taking messages afterwards.
+    problems = await ws_exchange(gw, token, None, [("text", json.dumps({
+        "type": "message", "client_id": "after-the-campaign", "text": "hello"}).encode())],
+        None)
+    assert not problems
+
+
+async def test_webchat_http_survives_generated_requests(gw: Gateway) -> None:
+    token = await webchat_token(gw)
+    routes = [("POST", "/webchat/v1/sessions"), ("POST", "/webchat/v1/messages"),
+              ("GET", "/webchat/v1/messages"), ("POST", "/webchat/v1/uploads"),
+              ("POST", "/webchat/v1/devices"), ("GET", "/webchat/v1/session"),
+              ("DELETE", "/webchat/v1/session"), ("GET", "/webchat/v1/ws"),
+              ("OPTIONS", "/webchat/v1/messages")]
+
+    def body(on_loop: Callable[[Any], Any]) -> None:
+        @campaign(max_examples=200)
+        # Always tried, whatever Hypothesis draws: bytes that are not UTF-8 inside JSON.
+        @example(route=routes[0], payload=b'{"\x80":', query={},
+                 auth=b"Bearer " + token.encode(), headers=[])
+        @example(route=routes[1], payload=b'{"client_id": "\xed\xa0\x80"}', query={},
+                 auth=b"Bearer " + token.encode(), headers=[])
+        @given(route=st.sampled_from(routes),
+               payload=st.one_of(as_json(chat_frame), as_json(json_value), raw_json_bodies,
+                                 hostile_bytes),
+               query=st.dictionaries(st.sampled_from(["after", "wait", "site"]), hostile_text,
+                                     max_size=3),
+               auth=st.one_of(st.just(b"Bearer " + token.encode()), header_value),
+               headers=st.lists(st.tuples(
+                   st.sampled_from([b"Origin", b"X-Filename", b"Content-Type",
+                                    b"Upgrade", b"Connection", b"Sec-WebSocket-Key",
+                                    b"Sec-WebSocket-Version"]), header_value), max_size=4))
+        def one(route: tuple[str, str], payload: bytes, query: dict[str, str], auth: bytes,
+                headers: list[Header]) -> None:
+            method, path = route
+            if method != "DELETE" or auth != b"Bearer " + token.encode():
+                target = path + ("?" + urlencode({k: v.encode("utf-8", "surrogatepass")
+                                                  for k, v in query.items()}) if query else "")
+                raw = request_bytes(gw, method, target, [(b"Authorization", auth), *headers],
+                                    payload if method in ("POST", "DELETE") else b"")
+                check_http(f"webchat: {method} {path.rsplit('/', 1)[-1]}", raw,
+                           on_loop(http_status(gw, raw)))
+
+        one()
+
+    await run_batch(gw, body)

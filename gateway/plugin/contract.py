@@ -307,6 +307,10 @@ class AdapterBase:
     async def stop(self) -> None:
         """Stop accepting, finish what was accepted, release resources."""
 
+    async def draining(self) -> None:
+        """The HTTP listener is about to stop: close long-lived connections (WebSockets, long
+        polls), which the listener would otherwise wait for until its shutdown timeout."""
+
     def not_ready(self) -> str | None:
         """Why it cannot take messages now although it was started (``/readyz``), or None."""
         return None

@@ -9,6 +9,9 @@ Point the real client library at a fake and test an adapter end to end, offline:
         client = Client(account_sid, auth_token)
         client.api.base_url = fake.url
 
+    async with FakeFcm(project_id) as fcm:  # FCM HTTP v1 and its OAuth token endpoint
+        fcm.write_service_account(path)
+
     async with FakeWeChat(token) as wechat:  # a sender: it posts pushes to *your* URL
         reply = await wechat.push(url, {"MsgType": "text", "Content": "hi", ...})
 
@@ -26,15 +29,18 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from gateway.testing.fakes.fcm import FakeFcm
     from gateway.testing.fakes.telegram import FakeTelegram
     from gateway.testing.fakes.twilio import FakeTwilio, signed_webhook
     from gateway.testing.fakes.wechat import FakeWeChat
     from gateway.testing.fakes.wechat_api import FakeWeChatApi
 
-__all__ = ["Delivery", "FakeServer", "FakeTelegram", "FakeTwilio", "FakeWeChat", "FakeWeChatApi",
+__all__ = ["Delivery", "FakeFcm", "FakeServer", "FakeTelegram", "FakeTwilio", "FakeWeChat",
+           "FakeWeChatApi",
            "serve_body", "signed_webhook"]
 
 _LAZY = {
+    "FakeFcm": "gateway.testing.fakes.fcm",
     "FakeTelegram": "gateway.testing.fakes.telegram",
     "FakeTwilio": "gateway.testing.fakes.twilio",
     "signed_webhook": "gateway.testing.fakes.twilio",
