@@ -4,6 +4,7 @@ and keeps the testing kit's dependencies behind an extra (issue 10, item 7)."""
 from __future__ import annotations
 
 import email.parser
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,10 +23,19 @@ TESTING_DEPENDENCIES = {"pytest", "pytest-asyncio", "hypothesis"}
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    # Built from a copy of the tree: setuptools writes build/ and an .egg-info beside the
+    # sources, and a stale .egg-info in the checkout shadows the installed entry points.
+    src = tmp_path_factory.mktemp("src")
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout.splitlines()
+    for name in listed:
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--wheel-dir", str(out), str(ROOT)],
+         "--disable-pip-version-check", "--wheel-dir", str(out), str(src)],
         check=True, capture_output=True, timeout=300,
     )
     (built,) = out.glob("intake_gateway-*.whl")
