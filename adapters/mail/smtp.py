@@ -26,7 +26,6 @@ from gateway.plugin import (
     Intake,
     Outbox,
     Reply,
-    TokenBuckets,
     peer_key,
     split_listen,
 )
@@ -174,7 +173,7 @@ class _Hooks:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
-        return self.adapter.check_sender(session, envelope, address, mail_options)
+        return await self.adapter.check_sender(session, envelope, address, mail_options)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -235,11 +234,12 @@ class SmtpAdapter(AdapterBase):
         self.gate = ConnectionGate("smtp", total=config.max_connections,
                                    per_peer=config.max_connections_per_peer,
                                    exempt=config.per_peer_exempt)
-        self._per_sender = (TokenBuckets(config.max_messages_per_sender, config.rate_window,
-                                         name="smtp_sender")
+        # From the context: a sender's allowance is counted across replicas on a shared store.
+        self._per_sender = (ctx.rate_limiter("smtp_sender", config.max_messages_per_sender,
+                                             config.rate_window)
                             if config.max_messages_per_sender > 0 else None)
-        self._per_client = (TokenBuckets(config.max_messages_per_client, config.rate_window,
-                                         name="smtp_client")
+        self._per_client = (ctx.rate_limiter("smtp_client", config.max_messages_per_client,
+                                             config.rate_window)
                             if config.max_messages_per_client > 0 else None)
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -302,8 +302,8 @@ class SmtpAdapter(AdapterBase):
 
     # -- MAIL ------------------------------------------------------------------------------
 
-    def check_sender(self, session: Session, envelope: Envelope, address: str,
-                     options: list[str]) -> str:
+    async def check_sender(self, session: Session, envelope: Envelope, address: str,
+                           options: list[str]) -> str:
         """The MAIL answer: 450 4.7.1 once the sender or its client used up its allowance.
 
         450 is temporary: a real server keeps the mail queued and retries later, so nothing is
@@ -313,11 +313,11 @@ class SmtpAdapter(AdapterBase):
         host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
         wait = 0.0
         if self._per_client is not None and not self.gate.is_exempt(host):
-            wait = self._per_client.take(peer_key(host))
+            wait = await self._per_client.take(peer_key(host))
         limit = "client"
         sender = address.strip().lower()
         if not wait and sender and self._per_sender is not None:
-            wait, limit = self._per_sender.take(sender), "sender"
+            wait, limit = await self._per_sender.take(sender), "sender"
         if wait:
             SMTP_SENDERS_DEFERRED.labels(limit).inc()
             whom = "this sender" if limit == "sender" else "your address"

@@ -38,7 +38,6 @@ from gateway.plugin import (
     AdapterContext,
     Inline,
     Intake,
-    TokenBuckets,
     normalize_email,
     normalize_phone,
     parse_duration,
@@ -257,9 +256,10 @@ class WebchatAdapter(AdapterBase):
         self.path = "/" + config.path.strip("/")
         self.text_limit = min(config.max_message_chars, intake.limits.max_text_chars)
         self.convs = Conversations(ctx.state, history_limit=config.history_limit)
-        self.session_buckets = TokenBuckets(config.session_rate, window)
-        self.ip_buckets = TokenBuckets(config.ip_message_rate, window)
-        self.message_buckets = TokenBuckets(config.message_rate, window)
+        # From the context: counted across replicas when the store is shared.
+        self.session_buckets = ctx.rate_limiter("webchat_session", config.session_rate, window)
+        self.ip_buckets = ctx.rate_limiter("webchat_ip", config.ip_message_rate, window)
+        self.message_buckets = ctx.rate_limiter("webchat_message", config.message_rate, window)
         self.connections: dict[str, int] = {}
         self.push = PushSenders(config.push, log=ctx.log)
         self.reply_fallback: Callable[[ReplyFallback], Awaitable[None]] | None = None
@@ -451,7 +451,7 @@ class WebchatAdapter(AdapterBase):
         if site is None:
             raise NotFound("no such site key", field="site")
         self._check_origin(request, site)
-        wait = self.session_buckets.take(self._peer(request))
+        wait = await self.session_buckets.take(self._peer(request))
         if wait:
             raise RateLimited("too many new chat sessions from this address", retry_after=wait)
         name = _clean(body.name, 100, "name")
@@ -553,7 +553,7 @@ class WebchatAdapter(AdapterBase):
             raise RejectedInput("the message is empty", field="text")
         for bucket, key, what in ((self.message_buckets, conv.record.sid, "this chat"),
                                   (self.ip_buckets, peer, "this address")):
-            wait = bucket.take(key)
+            wait = await bucket.take(key)
             if wait:
                 raise RateLimited(f"too many messages from {what}; wait a moment",
                                   retry_after=wait)
@@ -623,7 +623,7 @@ class WebchatAdapter(AdapterBase):
         limit = min(self.config.max_upload_bytes, self.intake.limits.max_attachment_bytes)
         if request.content_length is not None and request.content_length > limit:
             raise TooLarge(f"a file may have at most {limit} bytes", limit=limit)
-        wait = self.message_buckets.take(conv.record.sid)
+        wait = await self.message_buckets.take(conv.record.sid)
         if wait:
             raise RateLimited("too many uploads from this chat", retry_after=wait)
         data = await request.content.read(limit + 1)

@@ -303,7 +303,8 @@ class WebformAdapter(AdapterBase):
         self.max_body_bytes = min(intake.limits.max_body_bytes,
                                   self.max_files * self.max_file_bytes + _TEXT_ROOM)
         self.default_locale = pick_locale(ctx.default_locale, "zh-CN")
-        self.limiter = (ClientRateLimiter(config.rate_limit, window.total_seconds())
+        # From the context: counted across replicas when the store is shared.
+        self.limiter = (ctx.rate_limiter("webform", config.rate_limit, window.total_seconds())
                         if config.rate_limit else None)
         self.brand = build_brand(organisation=config.organisation,
                                  contact_hours=config.contact_hours,
@@ -429,7 +430,7 @@ class WebformAdapter(AdapterBase):
             return self._body_too_large(request)  # before a byte of it is read
         wait = 0.0
         if self.limiter is not None:
-            wait = self.limiter.take(client_key(
+            wait = await self.limiter.take(client_key(
                 request, trust_forwarded_for=self.config.trust_forwarded_for))
         form = FilledForm()
         rejected: FormRejected | None = None

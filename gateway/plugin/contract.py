@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import msgspec
 
 from gateway.errors import ConfigError
+from gateway.plugin.limits import RateLimiterFactory, local_rate_limiter
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -239,6 +240,10 @@ class AdapterContext(msgspec.Struct, frozen=True, kw_only=True):
     ephemeral_ports: bool = False
     """The HTTP listener was asked for any free port (tests, benchmarks): adapters that open
     listeners of their own bind any free port too instead of their default ports."""
+    rate_limiter: RateLimiterFactory = local_rate_limiter
+    """Rate limits per key (``rate_limiter(name, rate, window)``): counted in the store, across
+    replicas, when the store is shared; in this process otherwise. Use it for every limit a
+    sender could otherwise multiply by the number of replicas."""
 
 
 def _utcnow() -> datetime:

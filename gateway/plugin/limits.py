@@ -12,6 +12,7 @@ import resource
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge
 
@@ -145,6 +146,39 @@ XX
             if now - stamp < self.window and len(self._buckets) < self.max_keys:
                 break
             self._buckets.popitem(last=False)
+
+
+class RateLimiter(Protocol):
+    """A rate limit an adapter asks its context for (``AdapterContext.rate_limiter``).
+
+    On one process (SQLite) it is this process's :class:`TokenBuckets`; on a shared store
+    (PostgreSQL, replicas) the buckets live in the store, so a sender's allowance is counted
+    across every replica, not once per replica.
+    """
+
+    async def take(self, key: str) -> float:
+        """Spend one token for ``key``: 0.0 when allowed, else the seconds until one is."""
+        ...
+
+
+RateLimiterFactory = Callable[[str, int, float], RateLimiter]
+"""``factory(name, rate, window)``: a limit of ``rate`` per ``window`` seconds per key, named
+``name`` (unique per adapter and purpose; the ``limit`` label of ``intake_rate_limited_total``)."""
+
+
+class LocalRateLimiter:
+    """:class:`TokenBuckets` of this process behind the :class:`RateLimiter` interface."""
+
+    def __init__(self, name: str, rate: int, window: float) -> None:
+        self.buckets = TokenBuckets(rate, window, name=name)
+
+    async def take(self, key: str) -> float:
+        return self.buckets.take(key)
+
+
+def local_rate_limiter(name: str, rate: int, window: float) -> RateLimiter:
+    """The :data:`RateLimiterFactory` of a single process."""
+    return LocalRateLimiter(name, rate, window)
 
 
 _raised: tuple[int, int] | None = None
