@@ -53,8 +53,9 @@ class SharedRateLimiter:
             raise ValueError("a rate limit needs rate >= 1 and a positive window")
         self.store = store
         self.name = name
-        self.params = {"name": name, "rate": float(rate), "refill": rate / window,
-                       "window": window}
+        self.refill = rate / window
+        self.params: dict[str, object] = {"name": name, "rate": float(rate),
+                                          "refill": self.refill, "window": window}
         RATE_LIMITED.labels(name)  # on /metrics at 0 before the first refusal
 
     async def take(self, key: str) -> float:
@@ -71,7 +72,7 @@ class SharedRateLimiter:
         if allowed:
             return 0.0
         RATE_LIMITED.labels(self.name).inc()
-        return max(0.001, (1.0 - tokens) / float(self.params["refill"]))
+        return max(0.001, (1.0 - tokens) / self.refill)
 
 
 def shared_rate_limiter(store: _Reads) -> Callable[[str, int, float], RateLimiter]:
