@@ -9,8 +9,8 @@ work that wrote it, as the CloudEvents extension attribute ``correlationid``.
 from __future__ import annotations
 
 import contextvars
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +21,9 @@ _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlati
 
 
 def new_correlation_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex without its 2 µs of object building
+    # (one per request).
+    return os.urandom(16).hex()
 
 
 def current_correlation_id() -> str | None:

@@ -8,17 +8,21 @@ record's text after :mod:`gateway.logs` redacted it (secrets, addresses, phone n
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import UTC, datetime
 from typing import Literal, TextIO
+
+import msgspec
 
 from gateway.correlation import current_correlation_id
 from gateway.logs import redact
 
 LogFormat = Literal["auto", "json", "text"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+_encode = msgspec.json.Encoder().encode  # compact, UTF-8 as is: what json.dumps was asked for
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -39,7 +43,7 @@ class JsonLogFormatter(logging.Formatter):
             record.exc_text = redact(self.formatException(record.exc_info))
         if record.exc_text:
             line["exc"] = record.exc_text
-        return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+        return _encode(line).decode()
 
 
 def configure_logging(fmt: LogFormat = "auto", *, level: int = logging.INFO,
@@ -47,6 +51,10 @@ def configure_logging(fmt: LogFormat = "auto", *, level: int = logging.INFO,
     """Install one stderr handler; ``auto`` is text on a terminal, JSON otherwise (a service
     manager, a container, a pipe). Returns the format chosen."""
     stream = stream or sys.stderr
+    # One line per submission is logged: no format here names the caller's file, line, thread
+    # or process, so the record need not look them up (a stack walk per record).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     chosen = fmt
     if fmt == "auto":
         chosen = "text" if getattr(stream, "isatty", lambda: False)() else "json"

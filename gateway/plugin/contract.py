@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
@@ -247,8 +247,6 @@ class AdapterContext(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _utcnow() -> datetime:
-    from datetime import UTC
-
     return datetime.now(UTC)
 
 
