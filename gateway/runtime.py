@@ -31,7 +31,7 @@ from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
-from gateway.store.sqlite import STORE_FILE, SqliteStore
+from gateway.store.backends import open_configured_store
 
 log = logging.getLogger("intake")
 
@@ -55,11 +55,7 @@ class Gateway:
         self.events_token: str | None = resolve_secret(
             config.server.events_token_env, config.server.events_token_file,
             key="server.events_token")
-        store_path = config.store.path or str(self.data_dir / STORE_FILE)
-        if config.store.backend != "sqlite":
-            raise ConfigError(f"store.backend = {config.store.backend!r} is not available in "
-                              "this build; use 'sqlite'")
-        self.store = SqliteStore(store_path, group_commit_max=config.store.group_commit_max)
+        self.store = open_configured_store(config.store, self.data_dir)
         self.attachments = AttachmentStore(
             config.attachments.path or self.data_dir / "attachments",
             max_bytes=config.intake.max_attachment_bytes)
