@@ -1,4 +1,4 @@
-"""``intake-gateway serve | check-config | schema | tail``."""
+"""``intake-gateway serve | check-config | schema | tail | replay | migrate | purge``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", parents=[common],
                             help="list or re-publish dead-lettered events")
     replay.add_argument("--list", action="store_true", help="only list them")
+    sub.add_parser("migrate", parents=[common],
+                   help="bring the store's schema to this version (once per upgrade)")
     return p
 
 
@@ -63,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schema":
             return _schema(args.out)
         if args.command == "tail":
-            return _tail(args)
+            return _tail(args, config)
         if args.command == "replay":
             return asyncio.run(_replay(config, args))
+        if args.command == "migrate":
+            return _migrate(config, args)
     except ConfigError as exc:
         print(f"intake-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -92,6 +96,19 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(config: Config, args: argparse.Namespace) -> int:
+    from gateway.store.migrate import migrate_store
+
+    try:
+        backend, before, after = migrate_store(config.store, Path(args.data_dir))
+    except TransientError as exc:
+        print(f"intake-gateway: migrate failed: {exc}", file=sys.stderr)
+        return 1
+    done = "already current" if before == after else f"migrated from {before}"
+    print(f"{backend} store at schema {after} ({done})")
+    return 0
+
+
 def _schema(out: str | None) -> int:
     from intake_schemas.export import export_schemas
 
@@ -107,19 +124,27 @@ def _schema(out: str | None) -> int:
     return 0
 
 
-def _tail(args: argparse.Namespace) -> int:
-    from gateway.store.protocols import ConsumerOffsets
+def _tail(args: argparse.Namespace, config: Config) -> int:
+    from gateway.store.protocols import ConsumerOffsets, EventReader
     from gateway.store.sqlite import STORE_FILE, SqliteStore
 
-    data_dir = Path(args.data_dir)
-    db_path = data_dir / STORE_FILE
-    while not db_path.exists():
-        if not args.follow:
-            print(f"intake-gateway: no store at {db_path}", file=sys.stderr)
-            return 1
-        time.sleep(0.5)
-    # Read-only: reading what was taken in must work on a full disk or a read-only mount.
-    events = SqliteStore(db_path).event_reader()
+    events: EventReader
+    if config.store.backend == "postgres":
+        from gateway.store.backends import postgres_dsn
+        from gateway.store.postgres import PostgresEventReader
+
+        # Positions live in the database: a consumer keeps its place on any machine.
+        events = PostgresEventReader(postgres_dsn(config.store))
+    else:
+        data_dir = Path(args.data_dir)
+        db_path = Path(config.store.path) if config.store.path else data_dir / STORE_FILE
+        while not db_path.exists():
+            if not args.follow:
+                print(f"intake-gateway: no store at {db_path}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        # Read-only: reading what was taken in must work on a full disk or a read-only mount.
+        events = SqliteStore(db_path).event_reader()
     offsets: ConsumerOffsets | None
     try:
         offsets = events.consumer_offsets()
@@ -158,10 +183,10 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 async def _replay(config: Config, args: argparse.Namespace) -> int:
-    from gateway.store.sqlite import STORE_FILE, SqliteStore
+    from gateway.store.backends import open_configured_store
 
     # The whole store, writer and all: each re-published event leaves the table durably.
-    store = SqliteStore(Path(args.data_dir) / STORE_FILE)
+    store = open_configured_store(config.store, Path(args.data_dir))
     await store.open()
     try:
         return await _replay_from(store, config, args)

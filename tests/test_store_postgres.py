@@ -125,3 +125,33 @@ def test_postgres_needs_its_dsn_from_the_environment(tmp_path: Path,
     with pytest.raises(ConfigError, match="INTAKE_NO_SUCH_DSN is not set"):
         Gateway(parse_config('[store]\nbackend = "postgres"\ndsn_env = "INTAKE_NO_SUCH_DSN"\n'),
                 tmp_path)
+
+
+async def test_tail_keeps_a_consumers_position_in_the_database(
+        replica: Replica, http: aiohttp.ClientSession, postgres_dsn: str,
+        tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    gw = await replica()
+    for i in range(3):
+        await _post(http, gw, {"contact": {"email": f"t{i}@example.org"}, "text": f"tail {i}"})
+    conf = tmp_path / "tail.toml"
+    conf.write_text('[store]\nbackend = "postgres"\ndsn_env = "INTAKE_TAIL_DSN"\n')
+
+    def tail(data_dir: Path) -> list[str]:
+        # Each run from another data dir, as from another machine: only the database is shared.
+        res = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "tail", "--config", str(conf),
+             "--data-dir", str(data_dir), "--consumer", "crm"],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "INTAKE_TAIL_DSN": postgres_dsn})
+        assert res.returncode == 0, res.stderr
+        return res.stdout.splitlines()
+
+    first = await asyncio.to_thread(tail, tmp_path / "machine-a")
+    assert len(first) == 3
+    await _post(http, gw, {"contact": {"email": "t9@example.org"}, "text": "one more"})
+    later = await asyncio.to_thread(tail, tmp_path / "machine-b")
+    assert len(later) == 1 and later[0] not in first, "resumed where machine a left off"
