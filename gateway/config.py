@@ -70,6 +70,10 @@ class StoreConfig(_Section, frozen=True):
     """PostgreSQL: the environment variable holding the DSN (it may carry a password)."""
     group_commit_max: int = 512
     """Most submissions folded into one SQLite transaction (one fsync)."""
+    lease_seconds: float = 10.0
+    """PostgreSQL: how long a replica's hold on a singleton (an IMAP mailbox, Telegram long
+    polling, the event relay) lasts unrenewed: another replica takes over within this time
+    after the holder dies."""
 
 
 class IntakeConfig(_Section, frozen=True):

@@ -25,13 +25,22 @@ from gateway.errors import ConfigError, StorageFull, TransientError
 from gateway.files import make_private_dir, make_private_tree, probe_disk
 from gateway.http import CoreRoutes, GatedSite, create_app
 from gateway.intake import IntakeService
+from gateway.leases import LeasedExclusive, hold_while_leader
 from gateway.logs import install_log_guards
-from gateway.plugin import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterBase, AdapterContext
+from gateway.plugin import (
+    ADAPTER_GROUP,
+    PUBLISHER_GROUP,
+    AdapterBase,
+    AdapterContext,
+    Exclusive,
+    RunHere,
+)
 from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
 from gateway.store.backends import open_configured_store
+from gateway.store.postgres import PostgresStore
 
 log = logging.getLogger("intake")
 
@@ -56,6 +65,12 @@ class Gateway:
             config.server.events_token_env, config.server.events_token_file,
             key="server.events_token")
         self.store = open_configured_store(config.store, self.data_dir)
+        # Singletons (IMAP mailboxes, Telegram polling, the relay) hold a lease in a shared
+        # store; one process on SQLite simply runs them.
+        self.exclusive: Exclusive = (
+            LeasedExclusive(self.store, ttl=config.store.lease_seconds)
+            if isinstance(self.store, PostgresStore) else RunHere())
+        self._relay_lease: asyncio.Task[None] | None = None
         self.attachments = AttachmentStore(
             config.attachments.path or self.data_dir / "attachments",
             max_bytes=config.intake.max_attachment_bytes)
@@ -115,7 +130,7 @@ class Gateway:
                               default_locale=self.config.intake.default_locale,
                               state=self.store.adapter_state(kind),
                               log=logging.getLogger(f"intake.{kind}"),
-                              ephemeral_ports=self._ephemeral)
+                              ephemeral_ports=self._ephemeral, exclusive=self.exclusive)
 
     def _refuse_open_listener(self) -> None:
         # Off loopback, every door must be locked: an unauthenticated API or event feed would
@@ -154,7 +169,15 @@ class Gateway:
                                     max_attempts=self.config.queue.max_attempts,
                                     max_backoff=self.config.queue.max_backoff,
                                     max_event_bytes=self.config.queue.max_event_bytes)
-            await self.relay.start(connected=connected)
+            if isinstance(self.exclusive, LeasedExclusive):
+                # Replicas: one relay publishes at a time; the others stand by.
+                relay = self.relay
+                self._relay_lease = asyncio.create_task(hold_while_leader(
+                    self.exclusive, f"relay:{relay.name}",
+                    start=lambda: relay.start(connected=connected), stop=relay.stop),
+                    name="relay-lease")
+            else:
+                await self.relay.start(connected=connected)
         else:
             await self.publisher.start()
         for adapter in self.adapters:
@@ -199,13 +222,21 @@ class Gateway:
             await asyncio.to_thread(probe_disk, self.data_dir)
         except OSError as exc:
             problems["disk"] = os.strerror(exc.errno) if exc.errno else "cannot write"
-        if self.relay is not None and (
+        if self.relay is not None and self._relay_active() and (
                 why := self.relay.stuck(after=self.config.queue.stuck_after)):
             problems["relay"] = why
         for adapter in self.adapters:
             if why := adapter.not_ready():
                 problems[adapter.kind] = why
         return problems
+
+    def _relay_active(self) -> bool:
+        """Whether this replica's relay runs (a standby's waits for the lease)."""
+        if self.relay is None:
+            return False
+        if isinstance(self.exclusive, LeasedExclusive):
+            return f"relay:{self.relay.name}" in self.exclusive.held
+        return True
 
     @property
     def url(self) -> str:
@@ -224,6 +255,10 @@ class Gateway:
         await self.dispatcher.stop()
         for adapter in reversed(self.adapters):
             await adapter.stop()
+        if self._relay_lease is not None:
+            self._relay_lease.cancel()
+            await asyncio.gather(self._relay_lease, return_exceptions=True)
+            self._relay_lease = None
         if self.relay is not None:
             await self.relay.stop()
         await self.publisher.close()

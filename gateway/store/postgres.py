@@ -407,16 +407,19 @@ class PostgresTx:
 
     # -- singleton leases (gateway.leases) -------------------------------------------------
 
-    def take_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
-        """Hold lease ``name`` for ``holder`` until ``now + ttl`` if it is free, expired or
-        already ``holder``'s; False while another holder's lease runs."""
-        now_us = int(now * 1_000_000)
+    def take_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Hold lease ``name`` for ``holder`` for ``ttl`` seconds if it is free, expired or
+        already ``holder``'s; False while another holder's lease runs. Times are the
+        database's clock, so replicas' clocks need not agree."""
         return self.conn.execute(
-            "INSERT INTO leases(name, holder, expires_at) VALUES (%s, %s, %s)"
+            "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS us)"
+            " INSERT INTO leases(name, holder, expires_at)"
+            " SELECT %s, %s, now.us + %s FROM now"
             " ON CONFLICT(name) DO UPDATE SET holder = excluded.holder,"
             " expires_at = excluded.expires_at"
-            " WHERE leases.holder = excluded.holder OR leases.expires_at <= %s",
-            (name, holder, now_us + int(ttl * 1_000_000), now_us)).rowcount == 1
+            " WHERE leases.holder = excluded.holder"
+            " OR leases.expires_at <= (SELECT us FROM now)",
+            (name, holder, int(ttl * 1_000_000))).rowcount == 1
 
     def release_lease(self, name: str, holder: str) -> None:
         self.conn.execute("DELETE FROM leases WHERE name = %s AND holder = %s", (name, holder))
@@ -525,7 +528,14 @@ class PostgresStore:
     async def close(self) -> None:
         """Finish queued work and stop the writer, the listener and the readers."""
         if self._thread is not None:
-            self._closing = True
+            self._closing = True  # no new writes from now on
+            # Acknowledgements this replica leased but did not settle go back to the others
+            # now, not when the lease runs out (a rolling upgrade stops replicas this way).
+            owner = self.owner
+            with contextlib.suppress(TransientError, psycopg.Error):
+                await self._submit(lambda tx: tx.conn.execute(
+                    "UPDATE acks SET lease_owner = NULL, leased_until = 0"
+                    " WHERE lease_owner = %s AND status = 'pending'", (owner,)))
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
@@ -558,6 +568,9 @@ class PostgresStore:
         """Run ``fn`` in the writer's transaction; return its result once it is durable."""
         if self._thread is None or self._closing:
             raise TransientError("the store is not open")
+        return await self._submit(fn)
+
+    async def _submit(self, fn: Callable[[PostgresTx], T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Op(fn, future, loop))
@@ -807,6 +820,19 @@ class PostgresStore:
     async def remove_dead_letter(self, publisher: str, seq: int) -> None:
         await self.run(lambda tx: tx.conn.execute(
             "DELETE FROM dead_letters WHERE publisher = %s AND seq = %s", (publisher, seq)))
+
+    # -- singleton leases (gateway.leases.LeaseStore) -------------------------------------
+
+    async def take_lease(self, name: str, ttl: float) -> bool:
+        """Hold (or renew) lease ``name`` for this replica for ``ttl`` seconds; False while
+        another replica's lease on it runs. Expiry is the database's clock, not ours."""
+        owner = self.owner
+        return await self.run(lambda tx: tx.take_lease(name, owner, ttl))
+
+    async def release_lease(self, name: str) -> None:
+        """Give lease ``name`` up (when the work ended): the next replica need not wait."""
+        owner = self.owner
+        await self.run(lambda tx: tx.release_lease(name, owner))
 
     def event_reader(self) -> PostgresEventReader:
         """A reader of the event log for ``intake-gateway tail``; needs no ``open``."""
