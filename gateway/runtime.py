@@ -73,7 +73,8 @@ class Gateway:
         self._relay_lease: asyncio.Task[None] | None = None
         self.attachments = AttachmentStore(
             config.attachments.path or self.data_dir / "attachments",
-            max_bytes=config.intake.max_attachment_bytes)
+            max_bytes=config.intake.max_attachment_bytes,
+            blobs=self.store if isinstance(self.store, PostgresStore) else None)
         self.adapter_classes = load_plugins(ADAPTER_GROUP)
         unknown = set(config.adapters) - set(self.adapter_classes)
         if unknown:

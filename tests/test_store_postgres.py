@@ -155,3 +155,28 @@ async def test_tail_keeps_a_consumers_position_in_the_database(
     await _post(http, gw, {"contact": {"email": "t9@example.org"}, "text": "one more"})
     later = await asyncio.to_thread(tail, tmp_path / "machine-b")
     assert len(later) == 1 and later[0] not in first, "resumed where machine a left off"
+
+
+async def test_every_replica_serves_the_files_another_took_in(
+        replica: Replica, http: aiohttp.ClientSession) -> None:
+    import base64
+    import hashlib
+
+    a, b = await replica(), await replica()
+    blob = b"%PDF-1.4 receipt taken in by replica a " + uuid.uuid4().bytes
+    status, data = await _post(http, a, {
+        "contact": {"email": "f@example.org"}, "text": "Receipt attached.",
+        "attachments": [{"name": "receipt.pdf", "content_type": "application/pdf",
+                         "data": base64.b64encode(blob).decode()}]})
+    assert status == 201
+    digest = hashlib.sha256(blob).hexdigest()
+    assert not a.attachments.path_of(digest).exists(), "not on replica a's disk: shared"
+    url = f"{b.url}/v1/messages/{data['message_id']}"
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["text"] == "Receipt attached."
+    async with http.get(f"{url}/attachments/{digest}") as resp:
+        assert resp.status == 200 and await resp.read() == blob
+        assert resp.headers["Content-Type"] == "application/pdf"
+    async with http.get(f"{url}/attachments/{'0' * 64}") as resp:
+        assert resp.status == 404

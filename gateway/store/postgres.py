@@ -821,6 +821,27 @@ class PostgresStore:
         await self.run(lambda tx: tx.conn.execute(
             "DELETE FROM dead_letters WHERE publisher = %s AND seq = %s", (publisher, seq)))
 
+    # -- attachments and raw mails (gateway.attachments.BlobStore) -----------------------
+
+    async def put_blob(self, sha256: str, data: bytes) -> None:
+        """Keep ``data`` under its sha256, durably, for every replica. On a read connection
+        (autocommit, synchronous commit): blobs need no place in the commit order, and a
+        large file must not hold the write lock."""
+        def put(c: psycopg.Connection[Any]) -> None:
+            c.execute("INSERT INTO blobs(sha256, data, created_at) VALUES (%s, %s, %s)"
+                      " ON CONFLICT(sha256) DO UPDATE SET created_at = excluded.created_at",
+                      (sha256, data, _now_us()))
+        try:
+            await self.read(put)
+        except pg_errors.DiskFull as exc:
+            raise StorageFull("no room left on the database's disk") from exc
+
+    async def get_blob(self, sha256: str) -> bytes | None:
+        def one(c: psycopg.Connection[Any]) -> bytes | None:
+            row = c.execute("SELECT data FROM blobs WHERE sha256 = %s", (sha256,)).fetchone()
+            return None if row is None else bytes(row[0])
+        return await self.read(one)
+
     # -- singleton leases (gateway.leases.LeaseStore) -------------------------------------
 
     async def take_lease(self, name: str, ttl: float) -> bool:

@@ -74,6 +74,13 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE leases(name TEXT PRIMARY KEY, holder TEXT NOT NULL,
             expires_at BIGINT NOT NULL)""",
     ],
+    # 2: attachments and raw mails in the database, so that every replica serves them;
+    # content-addressed, created_at refreshed on each put (what purge ages by).
+    [
+        """CREATE TABLE blobs(
+            sha256 TEXT PRIMARY KEY, data BYTEA NOT NULL, created_at BIGINT NOT NULL)""",
+        "CREATE INDEX blobs_created ON blobs(created_at)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
