@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--list", action="store_true", help="only list them")
     sub.add_parser("migrate", parents=[common],
                    help="bring the store's schema to this version (once per upgrade)")
+    sub.add_parser("purge", parents=[common],
+                   help="remove raw bodies and files past [retention] (records kept as set)")
     return p
 
 
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_replay(config, args))
         if args.command == "migrate":
             return _migrate(config, args)
+        if args.command == "purge":
+            return _purge(config, args)
     except ConfigError as exc:
         print(f"intake-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -106,6 +110,19 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
         return 1
     done = "already current" if before == after else f"migrated from {before}"
     print(f"{backend} store at schema {after} ({done})")
+    return 0
+
+
+def _purge(config: Config, args: argparse.Namespace) -> int:
+    from gateway.store.retention import purge_configured
+
+    try:
+        r = purge_configured(config, Path(args.data_dir))
+    except TransientError as exc:
+        print(f"intake-gateway: purge failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"purged: {r.bodies} message bodies, {r.files} files, {r.tickets} tickets, "
+          f"{r.messages} messages, {r.contacts} contacts, {r.events} events")
     return 0
 
 

@@ -103,6 +103,19 @@ class AttachmentsConfig(_Section, frozen=True):
     """Default ``<data-dir>/attachments``."""
 
 
+class RetentionConfig(_Section, frozen=True):
+    """What ``intake-gateway purge`` removes, and what it must keep."""
+
+    raw_after: str = "180d"
+    """Message bodies, kept raw mails and attachments older than this are removed."""
+    records_for: str | None = None
+    """Ticket records (tickets, their messages' metadata, acknowledgements, contacts without
+    tickets left) are deleted once untouched this long; unset: kept for ever."""
+    legal_minimum: str = "730d"
+    """The least time records must be kept (2 years by the service standard): a
+    ``records_for`` below it is refused."""
+
+
 class QueueConfig(_Section, frozen=True):
     """The downstream queue: ``embedded`` by default, or a registered publisher kind."""
 
@@ -152,6 +165,7 @@ class Config(_Section, frozen=True):
     store: StoreConfig = StoreConfig()
     intake: IntakeConfig = IntakeConfig()
     attachments: AttachmentsConfig = AttachmentsConfig()
+    retention: RetentionConfig = RetentionConfig()
     numbering: NumberingConfig = NumberingConfig()
     calendar: CalendarConfig = CalendarConfig()
     targets: TargetsConfig = TargetsConfig()

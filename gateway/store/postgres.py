@@ -758,7 +758,7 @@ class PostgresStore:
     async def message_body(self, uid: str) -> bytes | None:
         def one(c: psycopg.Connection[Any]) -> bytes | None:
             row = c.execute("SELECT body FROM messages WHERE uid = %s", (uid,)).fetchone()
-            return None if row is None else bytes(row[0])
+            return None if row is None or not row[0] else bytes(row[0])  # b"": purged
         return await self.read(one)
 
     async def events_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:

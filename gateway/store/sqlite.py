@@ -631,7 +631,7 @@ class SqliteStore:
         """The stored ``InboundMessage`` (msgpack) of message ``uid``, or None."""
         def one(c: sqlite3.Connection) -> bytes | None:
             row = c.execute("SELECT body FROM messages WHERE uid = ?", (uid,)).fetchone()
-            return None if row is None else bytes(row[0])
+            return None if row is None or not row[0] else bytes(row[0])  # b"": purged
         return await self.read(one)
 
     async def events_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
