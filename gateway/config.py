@@ -74,6 +74,10 @@ class StoreConfig(_Section, frozen=True):
     """PostgreSQL: how long a replica's hold on a singleton (an IMAP mailbox, Telegram long
     polling, the event relay) lasts unrenewed: another replica takes over within this time
     after the holder dies."""
+    ack_lease_seconds: float = 60.0
+    """PostgreSQL: how long an acknowledgement a replica took stays its own; a replica that
+    dies mid-send delays its rows by this much. Keep it above the senders' timeouts, or a slow
+    send is sent again by another replica."""
 
 
 class IntakeConfig(_Section, frozen=True):

@@ -31,7 +31,8 @@ def open_configured_store(config: StoreConfig, data_dir: Path) -> SqliteStore | 
     if config.backend == "postgres":
         from gateway.store.postgres import PostgresStore
 
-        return PostgresStore(postgres_dsn(config), group_commit_max=config.group_commit_max)
+        return PostgresStore(postgres_dsn(config), group_commit_max=config.group_commit_max,
+                             ack_lease=config.ack_lease_seconds)
     from gateway.store.sqlite import STORE_FILE, SqliteStore
 
     return SqliteStore(config.path or str(data_dir / STORE_FILE),
