@@ -211,3 +211,53 @@ async def test_two_replicas_take_each_mail_once_and_hand_the_mailbox_over(
     await asyncio.sleep(0.5)  # nothing further arrives: each acknowledgement was sent once
     sent = sorted(m.rcpt_tos[0] for m in capture.messages)
     assert len(sent) == 15 and sent == sorted({*sent}), "each acknowledgement sent once"
+
+
+# -- the event relay: one replica publishes, another takes over --------------------------------
+
+
+async def test_one_replica_relays_and_another_takes_over_when_it_stops(
+        postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiohttp
+
+    from gateway.testing.webhook_receiver import WebhookReceiver
+
+    monkeypatch.setenv(DSN_ENV, postgres_dsn)
+    monkeypatch.setenv("INTAKE_TEST_HOOK_SECRET", "hook-s3cret")
+    migrate(postgres_dsn)
+    async with WebhookReceiver(secret="hook-s3cret") as receiver:
+        toml = (f'[store]\nbackend = "postgres"\ndsn_env = "{DSN_ENV}"\nlease_seconds = 1.5\n'
+                '[queue]\nbackend = "webhook"\n[queue.settings]\n'
+                f'url = "{receiver.url()}"\nsecret_env = "INTAKE_TEST_HOOK_SECRET"\n'
+                "[adapters.smtp]\nenabled = false\n")
+        gateways = [Gateway(parse_config(toml), tmp_path / f"r{i}", listen="127.0.0.1:0")
+                    for i in range(3)]
+        for gw in gateways:
+            await gw.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                async def post(i: int) -> None:
+                    gw = gateways[i % len(gateways)]
+                    async with http.post(f"{gw.url}/v1/messages", json={
+                            "contact": {"email": f"r{i}@example.org"},
+                            "text": f"relay question {i}"}) as resp:
+                        assert resp.status == 201
+                await asyncio.gather(*(post(i) for i in range(30)))
+                await receiver.wait_for(30, timeout=15)
+                leaders = [gw for gw in gateways if gw._relay_active()]
+                assert len(leaders) == 1, "one relay publishes; the others stand by"
+                for gw in gateways:
+                    assert "relay" not in await gw.readiness(), "standbys are not stuck"
+                await leaders[0].stop()
+                rest = [gw for gw in gateways if gw is not leaders[0]]
+                await asyncio.gather(*(post(i) for i in range(30, 45)
+                                       if gateways[i % 3] is not leaders[0]))
+                await until(lambda: any(gw._relay_active() for gw in rest), what="takeover")
+                expected = 30 + sum(1 for i in range(30, 45) if gateways[i % 3] is not leaders[0])
+                await receiver.wait_for(expected, timeout=15)
+            ids = [d.event_id for d in receiver.deliveries]
+            assert len(set(ids)) == expected, "every event delivered"
+            assert len(ids) == expected, "and none twice: the new leader resumed at the saved seq"
+        finally:
+            for gw in gateways:
+                await gw.stop()
