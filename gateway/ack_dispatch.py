@@ -89,6 +89,16 @@ class AckDispatcher:
 
     async def _run(self) -> None:
         while not self._stopping:
+            try:
+                await self._rounds()
+            except TransientError as exc:
+                # The store was away (PostgreSQL restarting): rows not settled stay pending
+                # and are taken again; a send whose record failed goes again (at least once).
+                log.warning("acks: the store is unavailable (%s); retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _rounds(self) -> None:
+        while not self._stopping:
             rows = await self.store.due_acks(_BATCH, time.time())
             if self._stopping:
                 return

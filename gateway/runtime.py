@@ -33,14 +33,12 @@ from gateway.plugin import (
     AdapterBase,
     AdapterContext,
     Exclusive,
-    RunHere,
 )
 from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
-from gateway.store.backends import open_configured_store
-from gateway.store.postgres import PostgresStore
+from gateway.store.backends import open_configured_store, replica_parts
 
 log = logging.getLogger("intake")
 
@@ -67,14 +65,13 @@ class Gateway:
         self.store = open_configured_store(config.store, self.data_dir)
         # Singletons (IMAP mailboxes, Telegram polling, the relay) hold a lease in a shared
         # store; one process on SQLite simply runs them.
-        self.exclusive: Exclusive = (
-            LeasedExclusive(self.store, ttl=config.store.lease_seconds)
-            if isinstance(self.store, PostgresStore) else RunHere())
+        self.exclusive: Exclusive
+        self.exclusive, blobs = replica_parts(self.store, config.store)
         self._relay_lease: asyncio.Task[None] | None = None
         self.attachments = AttachmentStore(
             config.attachments.path or self.data_dir / "attachments",
             max_bytes=config.intake.max_attachment_bytes,
-            blobs=self.store if isinstance(self.store, PostgresStore) else None)
+            blobs=blobs)
         self.adapter_classes = load_plugins(ADAPTER_GROUP)
         unknown = set(config.adapters) - set(self.adapter_classes)
         if unknown:

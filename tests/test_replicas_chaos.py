@@ -15,7 +15,6 @@ it disturbs no other test. Bounded: the whole run has a deadline.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
@@ -138,7 +137,6 @@ async def test_three_replicas_lose_nothing_and_double_nothing_through_kills_and_
     smtps = [SmtpDriver() for _ in range(REPLICAS)]
     replicas = [Replica(n, _config(smtps[n], dovecot, list(chats.values())), tmp_path, smtps[n])
                 for n in range(REPLICAS)]
-    os.environ.update({k: v for k, v in os.environ.items() if k.startswith("INTAKE_")})
     for r in replicas:
         r.start()
     answered: dict[str, str] = {}  # token -> channel, for deliveries that were answered
@@ -191,7 +189,9 @@ async def test_three_replicas_lose_nothing_and_double_nothing_through_kills_and_
             random.shuffle(jobs)
             await asyncio.gather(chaos(), *jobs)
             await replicas[1].ready(http)
-            assert len(answered) == PER_CHANNEL * (len(chats) + 1), "every delivery answered"
+            unanswered = sorted(set(attempts) - set(answered))
+            assert len(answered) == PER_CHANNEL * (len(chats) + 1), (
+                f"not answered: {unanswered[:10]}; logs: " + _log_tails(replicas))
 
             # -- afterwards: the database and the feed ---------------------------------------
             dsn = private_pg.dsn
@@ -222,7 +222,8 @@ async def test_three_replicas_lose_nothing_and_double_nothing_through_kills_and_
                 if imap_tokens <= counts.keys() and left == 0:
                     break
                 assert time.monotonic() - started < DEADLINE, (
-                    f"{left} acks pending, imap taken: {sorted(imap_tokens & counts.keys())}")
+                    f"{left} acks pending, imap taken: {sorted(imap_tokens & counts.keys())}; "
+                    "logs: " + _log_tails(replicas))
                 await asyncio.sleep(0.5)
             doubled = {t: n for t, n in counts.items() if n != 1}
             assert doubled == {}, "each delivery and each mail makes exactly one ticket"
@@ -257,6 +258,11 @@ async def _send(http: aiohttp.ClientSession, channel: str, chats: dict[str, obje
     except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError, ValueError):
         return False
     return bool(200 <= result.status < 300)
+
+
+def _log_tails(replicas: list[Replica]) -> str:
+    return "\n".join(f"--- replica {r.n}:\n{r.log.read_text(errors='replace')[-1500:]}"
+                     for r in replicas)
 
 
 def _imap_mail(k: int) -> bytes:

@@ -261,3 +261,42 @@ async def test_one_replica_relays_and_another_takes_over_when_it_stops(
         finally:
             for gw in gateways:
                 await gw.stop()
+
+
+async def test_the_dispatcher_outlives_a_postgresql_outage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.testing.drivers_mail import SUPPORT_ADDRESS, smtp_transaction
+    from gateway.testing.private_postgres import PrivatePostgres
+    from gateway.testing.services import free_port
+
+    with PrivatePostgres() as pg, SmtpCapture() as capture:
+        migrate(pg.dsn)
+        monkeypatch.setenv(DSN_ENV, pg.dsn)
+        port = free_port()
+        gw = Gateway(parse_config(
+            f'[store]\nbackend = "postgres"\ndsn_env = "{DSN_ENV}"\nlease_seconds = 1.5\n'
+            f'[adapters.smtp]\nlisten = "127.0.0.1:{port}"\naccept = ["{SUPPORT_ADDRESS}"]\n'
+            f'[adapters.mailer]\nport = {capture.port}\nfrom_address = "{SUPPORT_ADDRESS}"\n'),
+            tmp_path / "gw", listen="127.0.0.1:0")
+        await gw.start()
+        try:
+            await asyncio.to_thread(pg.stop, "fast")
+            # The dispatcher reads the outbox now, while the database is away: a read that
+            # fails must not end it (it did, and acknowledgements then stayed pending).
+            gw.dispatcher._wake.set()
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(pg.start)
+            mail = customer_mail(sender="after@customers.example.org", subject="after",
+                                 text="after the outage", message_id="after@customers")
+            for _ in range(5):  # as an MTA does: retry a 451 (the first write found the cut)
+                reply = await asyncio.to_thread(
+                    smtp_transaction, port, sender="after@customers.example.org",
+                    recipients=[SUPPORT_ADDRESS], data=mail)
+                if reply.code != 451:
+                    break
+            assert reply.code == 250, reply
+            await capture.wait_for(lambda m: "after@customers.example.org" in m.rcpt_tos,
+                                   timeout=15)
+            assert gw.dispatcher._task is not None and not gw.dispatcher._task.done()
+        finally:
+            await gw.stop()

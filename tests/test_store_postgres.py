@@ -180,3 +180,32 @@ async def test_every_replica_serves_the_files_another_took_in(
         assert resp.headers["Content-Type"] == "application/pdf"
     async with http.get(f"{url}/attachments/{'0' * 64}") as resp:
         assert resp.status == 404
+
+
+async def test_the_store_recovers_when_postgresql_restarts() -> None:
+    from gateway.errors import TransientError
+    from gateway.testing.private_postgres import PrivatePostgres
+
+    with PrivatePostgres() as pg:
+        migrate(pg.dsn)
+        store = PostgresStore(pg.dsn)
+        await store.open()
+        try:
+            await store.probe_write()
+            assert await store.events_after(0, 10) == []  # a pooled read connection now
+            await asyncio.to_thread(pg.restart)  # every connection is cut
+            # Reads retry once on a fresh connection: the pooled one's loss is not the caller's.
+            assert await store.events_after(0, 10) == []
+            assert await store.adapter_state("imap").get("mailbox:x") is None
+            # The writer finds its connection gone on the next batch at the latest, reconnects.
+            for _ in range(2):
+                try:
+                    await store.probe_write()
+                    break
+                except TransientError:
+                    continue
+            else:
+                raise AssertionError("the writer did not reconnect")
+            await store.probe_write()
+        finally:
+            await store.close()

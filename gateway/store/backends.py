@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
+    from gateway.attachments import BlobStore
     from gateway.config import StoreConfig
+    from gateway.plugin import Exclusive
     from gateway.store.postgres import PostgresStore
     from gateway.store.sqlite import SqliteStore
 
@@ -37,3 +39,22 @@ def open_configured_store(config: StoreConfig, data_dir: Path) -> SqliteStore | 
 
     return SqliteStore(config.path or str(data_dir / STORE_FILE),
                        group_commit_max=config.group_commit_max)
+
+
+def replica_parts(store: SqliteStore | PostgresStore,
+                  config: StoreConfig) -> tuple[Exclusive, BlobStore | None]:
+    """Where singletons run and where files go: leases and blobs in a shared PostgreSQL, or
+    simply here and on the local disk for one SQLite process.
+
+    PostgreSQL's modules (and psycopg) are imported only when the config names it: an
+    embedded gateway does not carry them (more live objects make every GC pass longer).
+    """
+    from gateway.plugin import RunHere
+
+    if config.backend != "postgres":
+        return RunHere(), None
+    from gateway.leases import LeasedExclusive
+    from gateway.store.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    return LeasedExclusive(store, ttl=config.lease_seconds), store

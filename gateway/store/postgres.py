@@ -722,8 +722,14 @@ class PostgresStore:
         def call() -> T:
             if self._thread is None and not self._closing:
                 raise TransientError("the store is closed")
-            with self._reader() as conn:
-                return fn(conn)
+            try:
+                with self._reader() as conn:
+                    return fn(conn)
+            except TransientError:
+                # A pooled connection that PostgreSQL cut (a restart, a failover) shows it
+                # only when used: reads are idempotent, so try once more on a fresh one.
+                with self._reader() as conn:
+                    return fn(conn)
         return await asyncio.to_thread(call)
 
     async def first_use(self, scope: str, key: str, *, ttl: float) -> bool:
