@@ -60,6 +60,9 @@ _MAX_REFS = 50
 """References looked up per message: a sender can list thousands, each a query."""
 _MAX_STATE_KEY = 200
 _NOTIFY_CHANNEL = "intake_events"
+_ACK_CHANNEL = "intake_acks"
+"""NOTIFYed (payload: the committing replica's owner) by a commit that queued an
+acknowledgement, so every other replica's ack dispatcher wakes for it at once."""
 _MIGRATE_LOCK = 0x1A7A_6E00_0001
 """Advisory lock key held while migrating: two replicas running ``migrate`` apply each step
 once."""
@@ -172,6 +175,8 @@ class PostgresTx:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         self.next_seq = 0
+        self.acks_queued = 0
+        """Acknowledgements inserted in this transaction (ops rolled back excluded)."""
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         return self.conn.execute(sql, args).fetchone()
@@ -333,6 +338,7 @@ class PostgresTx:
             "INSERT INTO acks(ticket_id, message_uid, channel, recipient, reply_to, payload,"
             " next_attempt_at) VALUES (%s,%s,%s,%s,%s,%s,0)",
             (ticket_id, message_uid, ack.channel, ack.to, ack.reply_to, payload))
+        self.acks_queued += 1
 
     def append_event(self, *, event_id: str, type_: str, subject: str, priority: str | None,
                      body: bytes, escalated: bool = False) -> int:
@@ -495,6 +501,7 @@ class PostgresStore:
         self._reader_conns: set[psycopg.Connection[Any]] = set()
         self._reader_lock = threading.Lock()
         self._commit_listeners: list[Callable[[int], None]] = []
+        self._ack_listeners: list[Callable[[], None]] = []
         self.commits = 0
         self.ops = 0
         self.last_seq = 0
@@ -554,6 +561,18 @@ class PostgresStore:
         """Call ``listener(last_seq)`` on the loop after commits that added events, this
         replica's or (by NOTIFY) another's."""
         self._commit_listeners.append(listener)
+
+    def on_ack_queued(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` on the loop after each commit of this replica that queued an
+        acknowledgement, and on another replica's (by NOTIFY ``intake_acks``). See
+        :meth:`gateway.store.protocols.AckOutbox.on_ack_queued`; the dispatcher's idle poll
+        still finds rows whose wake was lost (a NOTIFY while the listener reconnected)."""
+        self._ack_listeners.append(listener)
+
+    def _acks_queued(self) -> None:
+        """On the loop: a commit (ours or another replica's) queued acknowledgements."""
+        for listener in self._ack_listeners:
+            listener()
 
     def _committed(self, seq: int) -> None:
         """On the loop: a commit (ours or another replica's) reached ``seq``."""
@@ -634,7 +653,7 @@ class PostgresStore:
             start = tx.next_seq = int(row[0]) if row else 0
             for op in batch:
                 conn.execute("SAVEPOINT op")
-                mark = tx.next_seq
+                mark, acks_mark = tx.next_seq, tx.acks_queued
                 try:
                     results.append((True, op.fn(tx)))
                     conn.execute("RELEASE SAVEPOINT op")
@@ -643,12 +662,14 @@ class PostgresStore:
                         raise
                     conn.execute("ROLLBACK TO SAVEPOINT op")
                     conn.execute("RELEASE SAVEPOINT op")
-                    tx.next_seq = mark
+                    tx.next_seq, tx.acks_queued = mark, acks_mark
                     results.append((False, _storage_error(exc) or exc))
             if tx.next_seq != start:
                 conn.execute("UPDATE event_counter SET value = %s WHERE one = 1",
                              (tx.next_seq,))
                 conn.execute("SELECT pg_notify(%s, %s)", (_NOTIFY_CHANNEL, str(tx.next_seq)))
+            if tx.acks_queued:
+                conn.execute("SELECT pg_notify(%s, %s)", (_ACK_CHANNEL, self.owner))
             conn.commit()
         except psycopg.Error as exc:
             with contextlib.suppress(psycopg.Error):
@@ -662,6 +683,9 @@ class PostgresStore:
         if tx.next_seq != start and self._loop is not None:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._committed, tx.next_seq)
+        if tx.acks_queued and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._acks_queued)
         return results
 
     def _listen(self) -> None:
@@ -674,12 +698,19 @@ class PostgresStore:
                 continue
             try:
                 conn.execute(f"LISTEN {_NOTIFY_CHANNEL}")
+                conn.execute(f"LISTEN {_ACK_CHANNEL}")
                 # A commit may have happened while we were not listening: catch up once.
                 row = conn.execute("SELECT value FROM event_counter WHERE one = 1").fetchone()
                 if row is not None:
                     self._notify_loop(int(row[0]))
                 while not self._stop.is_set():
                     for note in conn.notifies(timeout=0.5, stop_after=64):
+                        if note.channel == _ACK_CHANNEL:
+                            # Our own commits woke our listeners already (once, as promised).
+                            if note.payload != self.owner and self._loop is not None:
+                                with contextlib.suppress(RuntimeError):
+                                    self._loop.call_soon_threadsafe(self._acks_queued)
+                            continue
                         with contextlib.suppress(ValueError):
                             self._notify_loop(int(note.payload))
             except psycopg.Error:
