@@ -47,6 +47,7 @@ from gateway.decision import OutboxAck, StoredReceipt, SubmissionPlan, TicketRow
 from gateway.errors import ConfigError, StorageFull, TransientError
 from gateway.ids import new_id
 from gateway.plugin.contract import OutboundEvent
+from gateway.store.postgres_replies import PostgresReplyReads, PostgresReplyTx
 from gateway.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.store.protocols import DeadLetter, DueAck, NewEvent
 from intake_schemas import ContactView
@@ -165,7 +166,7 @@ def check_schema(conn: psycopg.Connection[Any]) -> None:
 # -- the transaction ---------------------------------------------------------------------------
 
 
-class PostgresTx:
+class PostgresTx(PostgresReplyTx):
     """:class:`gateway.store.protocols.StoreTx` over the writer's connection, in its transaction.
 
     ``next_seq`` is the last event seq handed out in this transaction (the locked
@@ -472,7 +473,7 @@ def _settle_all(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             future.set_exception(value)
 
 
-class PostgresStore:
+class PostgresStore(PostgresReplyReads):
     """Store on PostgreSQL for replicas: :class:`gateway.store.protocols.Store`.
 
     ``run(fn)`` queues ``fn(tx)`` for this replica's writer thread, which runs a batch of ops
@@ -536,13 +537,17 @@ class PostgresStore:
         """Finish queued work and stop the writer, the listener and the readers."""
         if self._thread is not None:
             self._closing = True  # no new writes from now on
-            # Acknowledgements this replica leased but did not settle go back to the others
-            # now, not when the lease runs out (a rolling upgrade stops replicas this way).
+            # Acknowledgements and replies this replica leased but did not settle go back to
+            # the others now, not when the lease runs out (a rolling upgrade stops replicas
+            # this way).
             owner = self.owner
             with contextlib.suppress(TransientError, psycopg.Error):
-                await self._submit(lambda tx: tx.conn.execute(
+                await self._submit(lambda tx: (tx.conn.execute(
                     "UPDATE acks SET lease_owner = NULL, leased_until = 0"
-                    " WHERE lease_owner = %s AND status = 'pending'", (owner,)))
+                    " WHERE lease_owner = %s AND status = 'pending'", (owner,)),
+                    tx.conn.execute(
+                    "UPDATE replies SET lease_owner = NULL, leased_until = 0"
+                    " WHERE lease_owner = %s AND status = 'queued'", (owner,))))
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None

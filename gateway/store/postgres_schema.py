@@ -81,6 +81,25 @@ MIGRATIONS: list[list[str]] = [
             sha256 TEXT PRIMARY KEY, data BYTEA NOT NULL, created_at BIGINT NOT NULL)""",
         "CREATE INDEX blobs_created ON blobs(created_at)",
     ],
+    # 3: replies out (SQLite's schema 3, gateway/store/sqlite_replies.py): one row is a
+    # reply's record and its outbox row, with the rating its resolution received; plus a
+    # lease (as acks have) so that one replica's dispatcher sends each reply.
+    [
+        """CREATE TABLE replies(
+            id BIGSERIAL PRIMARY KEY, uid TEXT NOT NULL UNIQUE, ticket_id BIGINT NOT NULL,
+            idempotency_key TEXT NOT NULL, request_hash TEXT NOT NULL, channel TEXT NOT NULL,
+            recipient TEXT NOT NULL, reply_to TEXT, payload BYTEA NOT NULL,
+            resolution BOOLEAN NOT NULL DEFAULT FALSE, status TEXT NOT NULL DEFAULT 'queued',
+            attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at BIGINT NOT NULL,
+            provider_id TEXT, last_error TEXT, created_at BIGINT NOT NULL, sent_at BIGINT,
+            rating INTEGER, rated_at BIGINT,
+            lease_owner TEXT, leased_until BIGINT NOT NULL DEFAULT 0,
+            UNIQUE(ticket_id, idempotency_key))""",
+        "CREATE INDEX replies_due ON replies(next_attempt_at, id) WHERE status = 'queued'",
+        "CREATE INDEX replies_recipient ON replies(channel, recipient, sent_at)",
+        "CREATE INDEX replies_provider ON replies(provider_id)",
+        "CREATE INDEX replies_ticket ON replies(ticket_id)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
