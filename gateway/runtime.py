@@ -48,7 +48,7 @@ from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
 from gateway.replies.assembly import Replies
 from gateway.store.backends import open_configured_store, replica_parts
-from gateway.store.dashboard_sql import SqliteDashboardReads
+from gateway.store.dashboard_sql import dashboard_reads
 
 log = logging.getLogger("intake")
 
@@ -136,7 +136,7 @@ class Gateway:
         self.dashboard = self._build_dashboard()
         declare_channels(a.kind for a in self.adapters if a.receives)
         self.scrape_gauges = ScrapeGauges(
-            SqliteDashboardReads(self.store), self.store, publisher=config.queue.backend,
+            dashboard_reads(self.store), self.store, publisher=config.queue.backend,
             relay_active=self.publisher.relay_needed,
             at_risk_within=parse_duration(config.dashboard.at_risk_within,
                                           key="dashboard.at_risk_within").total_seconds(),
@@ -286,7 +286,7 @@ class Gateway:
                         "(or _file) is set", self.listen)
             return None
         return Dashboard(
-            cfg, reads=SqliteDashboardReads(self.store), letters=self.store,
+            cfg, reads=dashboard_reads(self.store), letters=self.store,
             adapters=self.adapters, relay_backend=self.config.queue.backend,
             relay_active=self.publisher.relay_needed,
             replay_dead_letters=lambda: replay_dead_letters_now(self.store, self.config),
