@@ -21,6 +21,7 @@ from gateway.config import parse_config
 from gateway.errors import ConfigError
 from gateway.runtime import Gateway
 from gateway.store.postgres import PostgresStore, migrate
+from gateway.store.protocols import NewEvent, NewReply
 from gateway.store.retention import cutoffs, purge
 from gateway.testing.postgres import postgres_database, postgres_dsn
 
@@ -53,6 +54,13 @@ async def _count(gw: Gateway, table: str) -> int:
     return int(await gw.store.read(one))  # type: ignore[arg-type]
 
 
+async def _payloads(gw: Gateway) -> dict[str, bytes]:
+    def rows(c: object) -> dict[str, bytes]:
+        return {str(u): bytes(p) for u, p in c.execute(  # type: ignore[attr-defined]
+            "SELECT uid, payload FROM replies").fetchall()}
+    return await gw.store.read(rows)  # type: ignore[arg-type]
+
+
 async def _purge_at(gw: Gateway, days_later: float) -> object:
     cut = cutoffs(gw.config.retention, now=time.time() + days_later * DAY)
     postgres = isinstance(gw.store, PostgresStore)
@@ -71,8 +79,21 @@ async def test_raw_content_goes_first_and_records_only_after_their_time(
                 "attachments": [{"name": "a.pdf", "content_type": "application/pdf",
                                  "data": base64.b64encode(blob).decode()}]}) as resp:
             assert resp.status == 201
-            uid = (await resp.json())["message_id"]
+            answer = await resp.json()
+            uid = answer["message_id"]
         url = f"{gw.url}/v1/messages/{uid}"
+        number = answer["ticket_number"]
+        # Two replies to it: one sent (its words are raw content), one still queued.
+        target = await gw.store.reply_target(number)
+        assert target is not None
+        for reply_uid in ("r-sent", "r-queued"):
+            reply = NewReply(uid=reply_uid, ticket_id=target.ticket_id,
+                             idempotency_key=reply_uid, request_hash="h", channel="email",
+                             recipient="old@example.org", reply_to=None,
+                             payload=b"the words we sent", not_before=0.0)
+            await gw.store.run(lambda tx, r=reply: tx.insert_reply(r, NewEvent(
+                id=f"ev-{r.uid}", type="reply.queued", subject=number, body=b"{}")))
+        await gw.store.run(lambda tx: tx.finish_reply("r-sent", "sent", provider_id="<p@x>"))
 
         report = await _purge_at(gw, 100)
         assert (report.bodies, report.files, report.tickets) == (0, 0, 0), "too young"  # type: ignore[attr-defined]
@@ -80,7 +101,9 @@ async def test_raw_content_goes_first_and_records_only_after_their_time(
             assert resp.status == 200
 
         report = await _purge_at(gw, 181)
-        assert (report.bodies, report.files, report.tickets) == (1, 1, 0)  # type: ignore[attr-defined]
+        assert (report.bodies, report.files, report.tickets) == (2, 1, 0), \
+            "the message's body and the sent reply's words"  # type: ignore[attr-defined]
+        assert await _payloads(gw) == {"r-sent": b"", "r-queued": b"the words we sent"}
         async with http.get(url) as resp:
             assert resp.status == 404, "the body is gone"
         async with http.get(f"{url}/attachments/{digest}") as resp:
@@ -95,6 +118,7 @@ async def test_raw_content_goes_first_and_records_only_after_their_time(
         assert await _count(gw, "tickets") == 0
         assert await _count(gw, "identities") == 0, "nothing of the customer is left"
         assert await _count(gw, "acks") == 0
+        assert await _count(gw, "replies") == 0, "nor the replies to the customer"
 
 
 def test_records_kept_less_than_the_legal_minimum_are_refused(tmp_path: Path) -> None:

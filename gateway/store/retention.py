@@ -1,8 +1,9 @@
 """``intake-gateway purge``: what is kept, for how long, on both stores.
 
-Raw content goes first: message bodies (the stored ``InboundMessage``), kept raw mails and
-attachments older than ``retention.raw_after``. Ticket records (tickets, their messages'
-metadata, acknowledgements and references, contacts left without tickets, events long
+Raw content goes first: message bodies (the stored ``InboundMessage``), the words of replies
+sent (``replies.payload``; a reply still queued is kept), kept raw mails and attachments older
+than ``retention.raw_after``. Ticket records (tickets, their messages' metadata,
+acknowledgements, replies and references, contacts left without tickets, events long
 relayed) go only after ``retention.records_for``, which may never be shorter than
 ``retention.legal_minimum`` (two years by the service standard; the operator may set more).
 
@@ -96,6 +97,15 @@ def _blank_bodies(conn: _Conn, q: _Sql, before_us: int) -> int:
     return int(cur.rowcount)
 
 
+def _blank_replies(conn: _Conn, q: _Sql, before_us: int) -> int:
+    # A reply's payload holds the words sent to the customer: raw content. A queued one is
+    # kept whole (it has not been sent yet, it may be due after quiet hours).
+    cur = conn.execute(q("UPDATE replies SET payload = ? WHERE id IN (SELECT id FROM replies"
+                         " WHERE created_at < ? AND status <> 'queued' AND length(payload) > 0"
+                         " ORDER BY id LIMIT ?)"), (b"", before_us, _BATCH))
+    return int(cur.rowcount)
+
+
 def _delete_tickets(conn: _Conn, q: _Sql, before_us: int) -> tuple[int, int]:
     ids = [int(r[0]) for r in conn.execute(
         q("SELECT id FROM tickets WHERE updated_at < ? ORDER BY id LIMIT ?"),
@@ -106,7 +116,7 @@ def _delete_tickets(conn: _Conn, q: _Sql, before_us: int) -> tuple[int, int]:
                            (before_us, _BATCH))
         return 0, int(cur.rowcount)
     marks = q(",".join(["?"] * len(ids)))
-    for table in ("ack_refs", "acks"):
+    for table in ("ack_refs", "acks", "replies"):
         conn.execute(f"DELETE FROM {table} WHERE ticket_id IN ({marks})", ids)
     messages = conn.execute(f"DELETE FROM messages WHERE ticket_id IN ({marks})", ids).rowcount
     conn.execute(f"DELETE FROM tickets WHERE id IN ({marks})", ids)
@@ -154,6 +164,7 @@ async def purge(store: Any, attachments_root: Path | None, cut: Cutoffs, *,
     report = PurgeReport(cutoffs={"raw": cut.raw, **({"records": cut.records}
                                                      if cut.records is not None else {})})
     report.bodies = await _drain(store, lambda c: _blank_bodies(c, q, raw_us))
+    report.bodies += await _drain(store, lambda c: _blank_replies(c, q, raw_us))
     if postgres:
         def blobs(c: _Conn) -> int:
             return int(c.execute("DELETE FROM blobs WHERE sha256 IN (SELECT sha256 FROM blobs"
