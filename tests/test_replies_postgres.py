@@ -10,16 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway.store.postgres import PostgresStore
+from gateway.store.postgres import PostgresStore, migrate
 from gateway.store.protocols import NewEvent
 from gateway.testing.postgres import postgres_database, postgres_dsn
+from gateway.testing.smtp_capture import SmtpCapture
 from gateway.testing.store_contract import _new_reply, _ticket_with_acks
+from tests.conftest import MakeGateway
+from tests.test_replies import (
+    capture,
+    customer,
+    events,
+    mail_config,
+    mail_in,
+    post_reply,
+    replies_settled,
+    wait_event,
+)
 
-__all__ = ["postgres_database", "postgres_dsn"]
+__all__ = ["capture", "postgres_database", "postgres_dsn"]
 
 Open = Callable[[], Awaitable[PostgresStore]]
 
@@ -92,3 +105,42 @@ async def test_an_ack_queued_on_one_replica_wakes_the_others_dispatcher(replica:
         assert asyncio.get_running_loop().time() < deadline, "b's commit never reached a"
         await asyncio.sleep(0.02)
     assert woken_a == [None], "its own commit woke a once (not again by its own NOTIFY)"
+
+
+# -- the whole way, on two replicas ----------------------------------------------------------
+
+
+@pytest.fixture
+def replica_toml(postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    migrate(postgres_dsn)
+    monkeypatch.setenv("INTAKE_TEST_REPLIES_PG_DSN", postgres_dsn)
+    return '[store]\nbackend = "postgres"\ndsn_env = "INTAKE_TEST_REPLIES_PG_DSN"\n'
+
+
+async def test_a_reply_posted_to_two_replicas_goes_out_once_and_its_answer_follows_up(
+        make_gateway: MakeGateway, capture: SmtpCapture, replica_toml: str) -> None:
+    a = await make_gateway(replica_toml + mail_config(capture))
+    b = await make_gateway(replica_toml + mail_config(capture))
+    who = customer()
+    number = await mail_in(a, sender=who, subject="Router", text="My router is broken.",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+    await capture.wait_for(lambda m: who in m.rcpt_tos)  # the acknowledgement
+    capture.clear()
+    reply = {"text": "A new router is on its way."}
+    # The caller's retry lands on the other replica: the same key is the same reply.
+    first, second = await asyncio.gather(post_reply(b, number, reply, key="rma-1"),
+                                         post_reply(a, number, reply, key="rma-1"))
+    assert first[0] == second[0] == 202, (first, second)
+    assert first[1]["reply_id"] == second[1]["reply_id"]
+    sent = await wait_event(a, "reply.sent", reply_id=first[1]["reply_id"])
+    await replies_settled(a)
+    await replies_settled(b)
+    assert len(capture.to(who)) == 1, "one mail, though two replicas dispatch replies"
+    kinds = [e["type"] for e in await events(b)]
+    assert kinds.count("reply.queued") == 1 and kinds.count("reply.sent") == 1
+    # The customer answers the reply (quoting its Message-ID) through the other replica.
+    mail_id = sent["data"]["provider_message_id"]
+    answer = await mail_in(b, sender=who, subject="Re: Router", text="Thanks, it arrived.",
+                           message_id=f"{uuid.uuid4().hex}@customers.example.cn",
+                           headers={"In-Reply-To": mail_id})
+    assert answer == number, "the answer to the reply joins the ticket"
