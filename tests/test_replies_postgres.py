@@ -144,3 +144,43 @@ async def test_a_reply_posted_to_two_replicas_goes_out_once_and_its_answer_follo
                            message_id=f"{uuid.uuid4().hex}@customers.example.cn",
                            headers={"In-Reply-To": mail_id})
     assert answer == number, "the answer to the reply joins the ticket"
+
+
+async def test_replies_go_out_again_after_postgresql_was_away(
+        make_gateway: MakeGateway, capture: SmtpCapture,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.testing.private_postgres import PrivatePostgres
+
+    with PrivatePostgres() as pg:
+        migrate(pg.dsn)
+        monkeypatch.setenv("INTAKE_TEST_REPLIES_PRIVATE_DSN", pg.dsn)
+        gw = await make_gateway('[store]\nbackend = "postgres"\n'
+                                'dsn_env = "INTAKE_TEST_REPLIES_PRIVATE_DSN"\n'
+                                + mail_config(capture))
+        who = customer()
+        number = await mail_in(gw, sender=who, subject="Away", text="Is anyone there?",
+                               message_id=f"{uuid.uuid4().hex}@customers.example.cn")
+        await capture.wait_for(lambda m: who in m.rcpt_tos)
+        capture.clear()
+        await asyncio.to_thread(pg.stop, "fast")
+        task = gw.replies.dispatcher._task
+        assert task is not None
+        try:
+            gw.replies.dispatcher.wake()  # it looks while the database is down
+            deadline = asyncio.get_running_loop().time() + 10
+            while not task.done() and not any(
+                    "replies: the store is unavailable" in r.getMessage()
+                    for r in caplog.records):
+                assert asyncio.get_running_loop().time() < deadline, "it never looked"
+                await asyncio.sleep(0.05)
+        finally:
+            await asyncio.to_thread(pg.start)
+        status = 0
+        for _ in range(20):  # the writer reconnects on its next batch at the latest
+            status, _body = await post_reply(gw, number, {"text": "Yes, we are."}, key="back")
+            if status == 202:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 202
+        await capture.wait_for(lambda m: who in m.rcpt_tos)
+        assert not task.done(), "the dispatcher outlived the outage"

@@ -81,6 +81,16 @@ class ReplyDispatcher:
 
     async def _run(self) -> None:
         while True:
+            try:
+                await self._rounds()
+            except TransientError as exc:
+                # The store was away (PostgreSQL restarting): queued rows stay queued and are
+                # taken again; a send whose record failed goes again (at least once).
+                log.warning("replies: the store is unavailable (%s); retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _rounds(self) -> None:
+        while True:
             rows = await self.store.due_replies(_BATCH, time.time())
             if not rows:
                 self._wake.clear()
