@@ -68,23 +68,46 @@ class AckDispatcher:
         self.event_source = event_source
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self.store.on_ack_queued(self._wake.set)
         self._wake.set()
         self._task = asyncio.create_task(self._run(), name="ack-dispatcher")
 
-    async def stop(self) -> None:
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Stop after the batch being sent is recorded (up to ``grace`` seconds): a send
+        cancelled between the provider's answer and its record would go out again, from
+        this replica's next start or from another replica."""
         if self._task is not None:
+            self._stopping = True
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait({self._task}, timeout=grace)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+            self._stopping = False
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
+            try:
+                await self._rounds()
+            except TransientError as exc:
+                # The store was away (PostgreSQL restarting): rows not settled stay pending
+                # and are taken again; a send whose record failed goes again (at least once).
+                log.warning("acks: the store is unavailable (%s); retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _rounds(self) -> None:
+        while not self._stopping:
             rows = await self.store.due_acks(_BATCH, time.time())
+            if self._stopping:
+                return
             if not rows:
                 self._wake.clear()
+                if self._stopping:
+                    return
                 next_at = await self.store.next_ack_attempt()
                 # Rows this process did not queue (another replica's, one replayed from the
                 # shell) wake nobody: look again at least every _IDLE_POLL seconds.

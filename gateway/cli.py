@@ -1,4 +1,4 @@
-"""``intake-gateway serve | check-config | schema | tail | replay | reply``."""
+"""``intake-gateway serve | check-config | schema | tail | replay | reply | migrate | purge``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     from gateway.replies.command import add_arguments as reply_arguments
     reply_arguments(sub.add_parser("reply", parents=[common],
                                    help="answer a ticket's customer on their channel"))
+    sub.add_parser("migrate", parents=[common],
+                   help="bring the store's schema to this version (once per upgrade)")
+    sub.add_parser("purge", parents=[common],
+                   help="remove raw bodies and files past [retention] (records kept as set)")
     return p
 
 
@@ -71,12 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schema":
             return _schema(args.out)
         if args.command == "tail":
-            return _tail(args)
+            return _tail(args, config)
         if args.command == "replay":
             return asyncio.run(_replay(config, args))
         if args.command == "reply":
             from gateway.replies.command import run as reply
             return reply(config, args)
+        if args.command == "migrate":
+            return _migrate(config, args)
+        if args.command == "purge":
+            return _purge(config, args)
     except ConfigError as exc:
         print(f"intake-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -108,6 +116,32 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(config: Config, args: argparse.Namespace) -> int:
+    from gateway.store.migrate import migrate_store
+
+    try:
+        backend, before, after = migrate_store(config.store, Path(args.data_dir))
+    except TransientError as exc:
+        print(f"intake-gateway: migrate failed: {exc}", file=sys.stderr)
+        return 1
+    done = "already current" if before == after else f"migrated from {before}"
+    print(f"{backend} store at schema {after} ({done})")
+    return 0
+
+
+def _purge(config: Config, args: argparse.Namespace) -> int:
+    from gateway.store.retention import purge_configured
+
+    try:
+        r = purge_configured(config, Path(args.data_dir))
+    except TransientError as exc:
+        print(f"intake-gateway: purge failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"purged: {r.bodies} message bodies, {r.files} files, {r.tickets} tickets, "
+          f"{r.messages} messages, {r.contacts} contacts, {r.events} events")
+    return 0
+
+
 def _schema(out: str | None) -> int:
     from gateway.openapi import committed_document
     from intake_schemas.export import export_schemas
@@ -124,19 +158,27 @@ def _schema(out: str | None) -> int:
     return 0
 
 
-def _tail(args: argparse.Namespace) -> int:
-    from gateway.store.protocols import ConsumerOffsets
+def _tail(args: argparse.Namespace, config: Config) -> int:
+    from gateway.store.protocols import ConsumerOffsets, EventReader
     from gateway.store.sqlite import STORE_FILE, SqliteStore
 
-    data_dir = Path(args.data_dir)
-    db_path = data_dir / STORE_FILE
-    while not db_path.exists():
-        if not args.follow:
-            print(f"intake-gateway: no store at {db_path}", file=sys.stderr)
-            return 1
-        time.sleep(0.5)
-    # Read-only: reading what was taken in must work on a full disk or a read-only mount.
-    events = SqliteStore(db_path).event_reader()
+    events: EventReader
+    if config.store.backend == "postgres":
+        from gateway.store.backends import postgres_dsn
+        from gateway.store.postgres import PostgresEventReader
+
+        # Positions live in the database: a consumer keeps its place on any machine.
+        events = PostgresEventReader(postgres_dsn(config.store))
+    else:
+        data_dir = Path(args.data_dir)
+        db_path = Path(config.store.path) if config.store.path else data_dir / STORE_FILE
+        while not db_path.exists():
+            if not args.follow:
+                print(f"intake-gateway: no store at {db_path}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        # Read-only: reading what was taken in must work on a full disk or a read-only mount.
+        events = SqliteStore(db_path).event_reader()
     offsets: ConsumerOffsets | None
     try:
         offsets = events.consumer_offsets()
@@ -175,10 +217,10 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 async def _replay(config: Config, args: argparse.Namespace) -> int:
-    from gateway.store.sqlite import STORE_FILE, SqliteStore
+    from gateway.store.backends import open_configured_store
 
     # The whole store, writer and all: each re-published event leaves the table durably.
-    store = SqliteStore(Path(args.data_dir) / STORE_FILE)
+    store = open_configured_store(config.store, Path(args.data_dir))
     await store.open()
     try:
         return await _replay_from(store, config, args)

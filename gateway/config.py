@@ -71,6 +71,14 @@ class StoreConfig(_Section, frozen=True):
     """PostgreSQL: the environment variable holding the DSN (it may carry a password)."""
     group_commit_max: int = 512
     """Most submissions folded into one SQLite transaction (one fsync)."""
+    lease_seconds: float = 10.0
+    """PostgreSQL: how long a replica's hold on a singleton (an IMAP mailbox, Telegram long
+    polling, the event relay) lasts unrenewed: another replica takes over within this time
+    after the holder dies."""
+    ack_lease_seconds: float = 60.0
+    """PostgreSQL: how long an acknowledgement a replica took stays its own; a replica that
+    dies mid-send delays its rows by this much. Keep it above the senders' timeouts, or a slow
+    send is sent again by another replica."""
 
 
 class IntakeConfig(_Section, frozen=True):
@@ -98,6 +106,19 @@ class AttachmentsConfig(_Section, frozen=True):
 
     path: str | None = None
     """Default ``<data-dir>/attachments``."""
+
+
+class RetentionConfig(_Section, frozen=True):
+    """What ``intake-gateway purge`` removes, and what it must keep."""
+
+    raw_after: str = "180d"
+    """Message bodies, kept raw mails and attachments older than this are removed."""
+    records_for: str | None = None
+    """Ticket records (tickets, their messages' metadata, acknowledgements, contacts without
+    tickets left) are deleted once untouched this long; unset: kept for ever."""
+    legal_minimum: str = "730d"
+    """The least time records must be kept (2 years by the service standard): a
+    ``records_for`` below it is refused."""
 
 
 class QueueConfig(_Section, frozen=True):
@@ -167,6 +188,7 @@ class Config(_Section, frozen=True):
     store: StoreConfig = StoreConfig()
     intake: IntakeConfig = IntakeConfig()
     attachments: AttachmentsConfig = AttachmentsConfig()
+    retention: RetentionConfig = RetentionConfig()
     numbering: NumberingConfig = NumberingConfig()
     calendar: CalendarConfig = CalendarConfig()
     targets: TargetsConfig = TargetsConfig()

@@ -61,14 +61,19 @@ def message_routes(store: StoredMessages, files: AttachmentStore,
                      None)
         if found is None:
             raise NotFound("that message has no attachment with this sha256")
+        headers = {"Content-Type": found.content_type if "/" in found.content_type
+                   else "application/octet-stream",
+                   "Content-Disposition": "attachment",
+                   "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+        if files.blobs is not None:  # replicas: from the shared store, whoever took it in
+            data = await files.read(sha)
+            if data is None:
+                raise NotFound("the attachment was purged")
+            return web.Response(body=data, headers=headers)
         path = files.path_of(sha)
         if not path.is_file():
             raise NotFound("the attachment was purged")
-        return web.FileResponse(path, headers={
-            "Content-Type": found.content_type if "/" in found.content_type
-            else "application/octet-stream",
-            "Content-Disposition": "attachment",
-            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+        return web.FileResponse(path, headers=headers)
 
     return [web.get("/v1/messages/{uid}", whole),
             web.get("/v1/messages/{uid}/attachments/{sha256}", attachment)]

@@ -175,6 +175,19 @@ class EventRelay:
         if not self._connected:
             await self._connect()
         while True:
+            try:
+                await self._drain()
+            except TransientError as exc:
+                # The store, not the broker, was away (PostgreSQL restarting): the position
+                # moves only after a save, so starting again re-reads what was not confirmed.
+                self.alive_at = time.monotonic()
+                RELAY_FAILURES.labels("store").inc()
+                log.warning("relay %s: the store is unavailable (%s); retrying", self.name,
+                            type(exc).__name__)
+                await asyncio.sleep(1.0)
+
+    async def _drain(self) -> None:
+        while True:
             self.alive_at = time.monotonic()
             batch = await self.store.outbound_after(self.position, self.batch_size)
             RELAY_LAG.set(max(0, self.store.last_seq - self.position))

@@ -30,18 +30,25 @@ from gateway.files import make_private_dir, make_private_tree, probe_disk
 from gateway.http import CoreRoutes, GatedSite, create_app
 from gateway.intake import IntakeService
 from gateway.landing import announce, landing_routes, useful_links
+from gateway.leases import LeasedExclusive, hold_while_leader
 from gateway.logs import install_log_guards
 from gateway.observability import ScrapeGauges, declare_channels
 from gateway.openapi import configured_operations, served_document
 from gateway.openapi_routes import openapi_routes
-from gateway.plugin import ADAPTER_GROUP, PUBLISHER_GROUP, AdapterBase, AdapterContext
+from gateway.plugin import (
+    ADAPTER_GROUP,
+    PUBLISHER_GROUP,
+    AdapterBase,
+    AdapterContext,
+    Exclusive,
+)
 from gateway.plugin.limits import ConnectionGate, raise_open_file_limit
 from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
 from gateway.replies.assembly import Replies
-from gateway.store.dashboard_sql import SqliteDashboardReads
-from gateway.store.sqlite import STORE_FILE, SqliteStore
+from gateway.store.backends import open_configured_store, replica_parts
+from gateway.store.dashboard_sql import dashboard_reads
 
 log = logging.getLogger("intake")
 
@@ -65,14 +72,16 @@ class Gateway:
         self.events_token: str | None = resolve_secret(
             config.server.events_token_env, config.server.events_token_file,
             key="server.events_token")
-        store_path = config.store.path or str(self.data_dir / STORE_FILE)
-        if config.store.backend != "sqlite":
-            raise ConfigError(f"store.backend = {config.store.backend!r} is not available in "
-                              "this build; use 'sqlite'")
-        self.store = SqliteStore(store_path, group_commit_max=config.store.group_commit_max)
+        self.store = open_configured_store(config.store, self.data_dir)
+        # Singletons (IMAP mailboxes, Telegram polling, the relay) hold a lease in a shared
+        # store; one process on SQLite simply runs them.
+        self.exclusive: Exclusive
+        self.exclusive, blobs = replica_parts(self.store, config.store)
+        self._relay_lease: asyncio.Task[None] | None = None
         self.attachments = AttachmentStore(
             config.attachments.path or self.data_dir / "attachments",
-            max_bytes=config.intake.max_attachment_bytes)
+            max_bytes=config.intake.max_attachment_bytes,
+            blobs=blobs)
         self.adapter_classes = load_plugins(ADAPTER_GROUP)
         unknown = set(config.adapters) - set(self.adapter_classes)
         if unknown:
@@ -127,7 +136,7 @@ class Gateway:
         self.dashboard = self._build_dashboard()
         declare_channels(a.kind for a in self.adapters if a.receives)
         self.scrape_gauges = ScrapeGauges(
-            SqliteDashboardReads(self.store), self.store, publisher=config.queue.backend,
+            dashboard_reads(self.store), self.store, publisher=config.queue.backend,
             relay_active=self.publisher.relay_needed,
             at_risk_within=parse_duration(config.dashboard.at_risk_within,
                                           key="dashboard.at_risk_within").total_seconds(),
@@ -145,7 +154,7 @@ class Gateway:
                               default_locale=self.config.intake.default_locale,
                               state=self.store.adapter_state(kind),
                               log=logging.getLogger(f"intake.{kind}"),
-                              ephemeral_ports=self._ephemeral)
+                              ephemeral_ports=self._ephemeral, exclusive=self.exclusive)
 
     def _refuse_open_listener(self) -> None:
         # Off loopback, every door must be locked: an unauthenticated API or event feed would
@@ -188,7 +197,15 @@ class Gateway:
                                     max_attempts=self.config.queue.max_attempts,
                                     max_backoff=self.config.queue.max_backoff,
                                     max_event_bytes=self.config.queue.max_event_bytes)
-            await self.relay.start(connected=connected)
+            if isinstance(self.exclusive, LeasedExclusive):
+                # Replicas: one relay publishes at a time; the others stand by.
+                relay = self.relay
+                self._relay_lease = asyncio.create_task(hold_while_leader(
+                    self.exclusive, f"relay:{relay.name}",
+                    start=lambda: relay.start(connected=connected), stop=relay.stop),
+                    name="relay-lease")
+            else:
+                await self.relay.start(connected=connected)
         else:
             await self.publisher.start()
         for adapter in self.adapters:
@@ -269,7 +286,7 @@ class Gateway:
                         "(or _file) is set", self.listen)
             return None
         return Dashboard(
-            cfg, reads=SqliteDashboardReads(self.store), letters=self.store,
+            cfg, reads=dashboard_reads(self.store), letters=self.store,
             adapters=self.adapters, relay_backend=self.config.queue.backend,
             relay_active=self.publisher.relay_needed,
             replay_dead_letters=lambda: replay_dead_letters_now(self.store, self.config),
@@ -300,13 +317,21 @@ class Gateway:
             await asyncio.to_thread(probe_disk, self.data_dir)
         except OSError as exc:
             problems["disk"] = os.strerror(exc.errno) if exc.errno else "cannot write"
-        if self.relay is not None and (
+        if self.relay is not None and self._relay_active() and (
                 why := self.relay.stuck(after=self.config.queue.stuck_after)):
             problems["relay"] = why
         for adapter in self.adapters:
             if why := adapter.not_ready():
                 problems[adapter.kind] = why
         return problems
+
+    def _relay_active(self) -> bool:
+        """Whether this replica's relay runs (a standby's waits for the lease)."""
+        if self.relay is None:
+            return False
+        if isinstance(self.exclusive, LeasedExclusive):
+            return f"relay:{self.relay.name}" in self.exclusive.held
+        return True
 
     @property
     def url(self) -> str:
@@ -328,6 +353,10 @@ class Gateway:
         await self.replies.stop()
         for adapter in reversed(self.adapters):
             await adapter.stop()
+        if self._relay_lease is not None:
+            self._relay_lease.cancel()
+            await asyncio.gather(self._relay_lease, return_exceptions=True)
+            self._relay_lease = None
         if self.relay is not None:
             await self.relay.stop()
         await self.publisher.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,20 @@ from gateway.dashboard.charts import hbars, stacked_bars
 from gateway.dashboard.regions import region_of
 from gateway.dashboard.summary import mask
 from gateway.runtime import Gateway
+from gateway.store.dashboard_sql import dashboard_reads
+from gateway.store.postgres import migrate
+from gateway.testing.postgres import postgres_database, postgres_dsn
 from gateway.testing.publisher_harnesses import WebhookHarness
+from gateway.testing.store_contract import (
+    StoreFactory,
+    _append,
+    _event,
+    _ticket_with_acks,
+    store_factory,
+)
 from tests.conftest import MakeGateway
+
+__all__ = ["postgres_database", "postgres_dsn", "store_factory"]
 
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 
@@ -56,9 +69,20 @@ async def _post(http: aiohttp.ClientSession, gw: Gateway, body: dict[str, Any]) 
         return str((await resp.json())["ticket_number"])
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_toml(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The ``[store]`` section of a gateway on each store (PostgreSQL: this test's schema)."""
+    if request.param == "sqlite":
+        return ""
+    dsn = request.getfixturevalue("postgres_dsn")
+    migrate(dsn)
+    monkeypatch.setenv("INTAKE_TEST_DASHBOARD_DSN", dsn)
+    return '[store]\nbackend = "postgres"\ndsn_env = "INTAKE_TEST_DASHBOARD_DSN"\n'
+
+
 async def test_data_counts_what_came_in_and_carries_no_customer_data(
-        make_gateway: MakeGateway, http: aiohttp.ClientSession) -> None:
-    gw = await make_gateway('[dashboard]\nat_risk_within = "3h"\n')
+        make_gateway: MakeGateway, http: aiohttp.ClientSession, store_toml: str) -> None:
+    gw = await make_gateway(store_toml + '[dashboard]\nat_risk_within = "3h"\n')
     await _post(http, gw, {"contact": {"phone": "+8613912345678", "email": "li.lei@example.org"},
                            "text": "投诉：路由器坏了", "device_model": "AX3 Pro"})
     await _post(http, gw, {"contact": {"phone": "+8615012345678"}, "text": "How do I reset it?",
@@ -82,6 +106,12 @@ async def test_data_counts_what_came_in_and_carries_no_customer_data(
     async with http.get(f"{gw.url}/dashboard") as resp:
         page = await resp.text()
     assert "+8613912345678" not in page and "li.lei@example.org" not in page
+    async with http.get(f"{gw.url}/dashboard/data.json") as resp:
+        data = await resp.json()
+    assert sum(data["acks"].values()) == 0, "every ticket here was answered inline"
+    async with http.get(f"{gw.url}/metrics") as resp:
+        assert resp.status == 200, "the scrape's gauges read the same store"
+        assert 'intake_tickets_at_risk' in await resp.text()
 
 
 async def test_loopback_without_token_answers_only_loopback_host_names(
@@ -228,3 +258,27 @@ async def test_the_token_may_come_from_a_file(make_gateway: MakeGateway, tmp_pat
     async with http.get(f"{gw.url}/dashboard/data.json",
                         headers={"Authorization": "Bearer token-from-a-file"}) as resp:
         assert resp.status == 200
+
+
+async def test_the_dashboards_reads_answer_alike_on_each_store(
+        store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    reads = dashboard_reads(store)
+    ticket = await _ticket_with_acks(store, "T-D", ["d1@example.org", "d2@example.org"])
+    await _append(store, _event(1, "T-D"), _event(2, "T-D"))
+    await store.run(lambda tx: tx.save_relay_position("nats", 1))
+    lag = await reads.relay_lag("nats")
+    assert (lag.position, lag.last_seq) == (1, 2) and lag.oldest_waiting_at is not None
+    assert (await reads.relay_lag("never")).position == 0
+    assert await reads.ack_counts() == {"pending": 2}
+    assert await reads.ticket_mix(0) == [("consultation", "low", "other", 1)]
+    far = int((time.time() + 7 * 86400) * 1e6)
+    [risky] = await reads.at_risk(far, 10)
+    assert (risky.number, risky.priority) == ("T-D", "low")
+    assert await reads.at_risk(0, 10) == []
+    assert await reads.contact_identities([ticket.contact_id]) == [
+        (ticket.contact_id, "email", "d1@example.org")]
+    assert await reads.contact_identities([]) == []
+    assert await reads.intake_counts(0, 3_600_000_000) == [], "no message was stored"
+    assert await reads.duplicates_since(0, 10) == []
+    await store.close()

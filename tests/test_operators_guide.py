@@ -16,6 +16,7 @@ import base64
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -203,11 +204,30 @@ def test_scale_out_backup_and_restore_postgres(host: Host) -> None:
         target = host.path(replica.attrs["file"])
         target.write_text(host.localize(replica.text))
         host.run(by_id("migrate"))
+        replica_file = replica.attrs["file"]
+        gw = RunningGateway(host, replica_file)
+        try:
+            kept = gw.submit("before the database backup", b"kept in the database")
+        finally:
+            gw.stop()
         host.run(by_id("pg-backup"))
         assert host.path("/var/backups/intake-gateway/intake.pgdump").stat().st_size > 0
+        # Files live in the database (as the guide says): the dump alone brings them back.
+        shutil.rmtree(host.data / "attachments", ignore_errors=True)
         res = host.run(by_id("pg-restore"))
         assert "already current" in res.stdout
         host.run(by_id("upgrade-migrate"))
+        gw = RunningGateway(host, replica_file)
+        try:
+            events = gw.get_json("/v1/events")["events"]
+            created = next(e["event"] for e in events
+                           if e["event"]["subject"] == kept["ticket_number"])
+            uid = created["data"]["message"]["id"]
+            sha = gw.get_json(f"/v1/messages/{uid}")["attachments"][0]["sha256"]
+            assert gw.get(f"/v1/messages/{uid}/attachments/{sha}") == (
+                200, b"kept in the database")
+        finally:
+            gw.stop()
     finally:
         host.dsn = GUIDE_DSN
         next(databases, None)
@@ -216,14 +236,14 @@ def test_scale_out_backup_and_restore_postgres(host: Host) -> None:
 class RunningGateway:
     """The installed program serving the guide's config (what systemd would start)."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, config: str = "/etc/intake-gateway/gateway.toml") -> None:
         self.host = host
         self.url = f"http://127.0.0.1:{free_port()}"
         env = {**os.environ, **host.environment()}
         self.env = host.environment()
         self.proc = subprocess.Popen(
             [str(host.program), "serve", "--config",
-             str(host.path("/etc/intake-gateway/gateway.toml")), "--data-dir", str(host.data),
+             str(host.path(config)), "--data-dir", str(host.data),
              "--listen", self.url.removeprefix("http://")],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60

@@ -216,6 +216,21 @@ class _Mailbox:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Watch the mailbox while this replica holds it: one replica at a time works a
+        mailbox, and another takes over within seconds when it dies (``ctx.exclusive``)."""
+        await self.adapter.ctx.exclusive.run(f"imap:{self.name}", self._watch, stop=self._stop)
+
+    async def _watch(self) -> None:
+        try:
+            await self._watch_until_stopped()
+        except asyncio.CancelledError:
+            # The hold was lost (or we stop): log out, so that the next holder is alone.
+            self._set_connected(False)
+            with contextlib.suppress(Exception):
+                await self._call(self._disconnect)
+            raise
+
+    async def _watch_until_stopped(self) -> None:
         backoff = self.adapter.config.backoff_min
         while not self._stop.is_set():
             try:

@@ -171,7 +171,9 @@ class TelegramAdapter(AdapterBase):
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.file_timeout))
         if self.config.mode == "polling":
-            self._poller = asyncio.create_task(self._poll(), name="telegram-poll")
+            # One replica at a time polls (Telegram answers a second getUpdates with 409).
+            self._poller = asyncio.create_task(
+                self.ctx.exclusive.run("telegram:polling", self._poll), name="telegram-poll")
         elif self.config.register_webhook and self._webhook_url():
             self._spawn(self._register_webhook())
 

@@ -27,8 +27,9 @@ tests, and the contract suites every plug-in passes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -218,6 +219,29 @@ class AdapterState(Protocol):
         ...
 
 
+class Exclusive(Protocol):
+    """Work that one replica at a time may do: one IMAP mailbox's watcher, Telegram long
+    polling. Every replica calls :meth:`run`; one runs ``work`` while the others wait, and when
+    that one dies (or loses the database) another takes over within seconds.
+    """
+
+    async def run(self, name: str, work: Callable[[], Awaitable[None]], *,
+                  stop: asyncio.Event | None = None) -> None:
+        """Run ``work()`` while this replica holds ``name``; return when it returns, or when
+        ``stop`` is set while waiting. ``work`` is cancelled if the hold is lost, then
+        waited for again. Work must be safe to take over mid-way (it commits before it
+        confirms, as every adapter does)."""
+        ...
+
+
+class RunHere:
+    """:class:`Exclusive` for one process (the embedded store): ``work`` simply runs."""
+
+    async def run(self, name: str, work: Callable[[], Awaitable[None]], *,
+                  stop: asyncio.Event | None = None) -> None:
+        await work()
+
+
 class AdapterContext(msgspec.Struct, frozen=True, kw_only=True):
     """What the runtime gives every adapter besides its own config and the :class:`Intake`."""
 
@@ -244,6 +268,8 @@ class AdapterContext(msgspec.Struct, frozen=True, kw_only=True):
     """Rate limits per key (``rate_limiter(name, rate, window)``): counted in the store, across
     replicas, when the store is shared; in this process otherwise. Use it for every limit a
     sender could otherwise multiply by the number of replicas."""
+    exclusive: Exclusive = msgspec.field(default_factory=RunHere)
+    """Where work that one replica at a time may do runs (:class:`Exclusive`)."""
 
 
 def _utcnow() -> datetime:

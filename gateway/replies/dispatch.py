@@ -41,6 +41,10 @@ REPLIES = Counter("intake_replies_total", "Downstream replies by channel and res
 _outgoing = msgspec.msgpack.Decoder(OutgoingReply)
 _encode = msgspec.json.Encoder().encode
 _BATCH = 50
+_IDLE_POLL = 5.0
+"""Seconds between looks at an outbox nothing woke us for: on PostgreSQL, a reply another
+replica leased and never settled (it died mid-send) is ours once its lease runs out, and
+nothing here is woken for that."""
 
 
 class ReplyDispatchStore(ReplyOutbox, Protocol):
@@ -77,11 +81,22 @@ class ReplyDispatcher:
 
     async def _run(self) -> None:
         while True:
+            try:
+                await self._rounds()
+            except TransientError as exc:
+                # The store was away (PostgreSQL restarting): queued rows stay queued and are
+                # taken again; a send whose record failed goes again (at least once).
+                log.warning("replies: the store is unavailable (%s); retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _rounds(self) -> None:
+        while True:
             rows = await self.store.due_replies(_BATCH, time.time())
             if not rows:
                 self._wake.clear()
                 next_at = await self.store.next_reply_attempt()
-                timeout = None if next_at is None else max(0.05, next_at - time.time())
+                timeout = _IDLE_POLL if next_at is None else min(
+                    _IDLE_POLL, max(0.05, next_at - time.time()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue

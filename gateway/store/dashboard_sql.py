@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from gateway.store.protocols import AtRiskTicket, RelayLag, RepeatRow
+from gateway.store.protocols import AtRiskTicket, DashboardReads, RelayLag, RepeatRow
 from gateway.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from gateway.store.postgres import PostgresStore
 
 INTAKE_COUNTS = (
     "SELECT (received_at - ?) / ? AS bucket, channel, outcome, COUNT(*) FROM messages"
@@ -32,6 +36,16 @@ RELAY_POSITION = "SELECT position FROM relay_positions WHERE name = ?"
 LAST_SEQ = "SELECT MAX(seq) FROM events"
 OLDEST_WAITING = "SELECT created_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1"
 ACK_COUNTS = "SELECT status, COUNT(*) FROM acks GROUP BY status"
+
+
+def dashboard_reads(store: SqliteStore | PostgresStore) -> DashboardReads:
+    """The dashboard's reads on the store the gateway runs on (PostgreSQL's module, and
+    psycopg, imported only for a PostgreSQL store)."""
+    if isinstance(store, SqliteStore):
+        return SqliteDashboardReads(store)
+    from gateway.store.dashboard_postgres import PostgresDashboardReads
+
+    return PostgresDashboardReads(store)
 
 
 class SqliteDashboardReads:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from gateway.decision import OutboxAck, StoredReceipt, SubmissionPlan, TicketRow
-from gateway.errors import StorageFull, TransientError
+from gateway.errors import ConfigError, StorageFull, TransientError
 from gateway.files import make_private
 from gateway.ids import new_id
 from gateway.plugin.contract import OutboundEvent
@@ -391,6 +391,23 @@ def _storage_error(exc: BaseException) -> StorageFull | None:
     return None
 
 
+def stored_schema_version(conn: sqlite3.Connection) -> int:
+    """The schema version the database says it has (0: none yet)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def refuse_newer_schema(conn: sqlite3.Connection) -> None:
+    """Older code never writes to a schema it does not know (a rolled-back upgrade)."""
+    version = stored_schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"the store's schema is version {version}, newer than this "
+                          f"gateway's ({SCHEMA_VERSION}): this gateway runs older code than "
+                          "the schema; upgrade it")
+
+
 def _upgrade(conn: sqlite3.Connection) -> None:
     """Bring a schema-1 database to schema 2 in place (new tables come from ``_SCHEMA``)."""
     def columns(table: str) -> set[str]:
@@ -457,6 +474,7 @@ class SqliteStore(SqliteReplyReads):
         conn = connect(self.path)
         make_private(self.path)  # tickets and contacts: owner-only, like the data dir
         try:
+            refuse_newer_schema(conn)
             conn.executescript(_SCHEMA)
             conn.executescript(REPLY_SCHEMA)
             _upgrade(conn)
@@ -626,7 +644,7 @@ class SqliteStore(SqliteReplyReads):
         """The stored ``InboundMessage`` (msgpack) of message ``uid``, or None."""
         def one(c: sqlite3.Connection) -> bytes | None:
             row = c.execute("SELECT body FROM messages WHERE uid = ?", (uid,)).fetchone()
-            return None if row is None else bytes(row[0])
+            return None if row is None or not row[0] else bytes(row[0])  # b"": purged
         return await self.read(one)
 
     async def events_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:

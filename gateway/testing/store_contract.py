@@ -22,13 +22,17 @@ from typing import Any
 import pytest
 
 from gateway.decision import OutboxAck, SubmissionPlan, TicketRow
+from gateway.store.postgres import PostgresStore
 from gateway.store.protocols import NewEvent, NewReply, StoreTx
 from gateway.store.sqlite import SqliteStore
+from gateway.testing.postgres import postgres_database, postgres_dsn
 from gateway.triage import TriageResult
 from intake_schemas import Contact, InboundMessage
 
 __all__ = [
     "STORES",
+    "postgres_database",
+    "postgres_dsn",
     "store_factory",
     "test_a_failed_transaction_settles_no_ack_and_appends_no_event",
     "test_a_probe_write_commits",
@@ -60,18 +64,32 @@ def _sqlite(tmp: Path) -> StoreFactory:
     return open_store
 
 
-STORES: dict[str, Callable[[Path], StoreFactory]] = {"sqlite": _sqlite}
-"""Store kinds the suite runs on, by name: each takes the test's temporary directory."""
+def _postgres(dsn: str) -> StoreFactory:
+    async def open_store() -> PostgresStore:
+        store = PostgresStore(dsn, auto_migrate=True)
+        await store.open()
+        return store
+    return open_store
+
+
+STORES: dict[str, tuple[str, Callable[[Any], StoreFactory]]] = {
+    "sqlite": ("tmp_path", _sqlite),
+    "postgres": ("postgres_dsn", _postgres),
+}
+"""Store kinds the suite runs on, by name: the fixture that places one test's data (a
+temporary directory, a DSN on a schema of the test's own) and the factory that opens stores
+there."""
 
 
 @pytest.fixture(params=sorted(STORES))
-async def store_factory(request: pytest.FixtureRequest,
-                        tmp_path: Path) -> AsyncIterator[StoreFactory]:
+async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
     """Opens stores of one kind on one test's data; closes every one it opened."""
     opened: list[Any] = []
+    place_fixture, factory = STORES[request.param]
+    place = request.getfixturevalue(place_fixture)
 
     async def open_store() -> Any:
-        store = await STORES[request.param](tmp_path)()
+        store = await factory(place)()
         opened.append(store)
         return store
 
