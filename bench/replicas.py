@@ -209,15 +209,16 @@ def main() -> int:
     runs = [bench_sqlite(args, work)]
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {SERVER_CPU})  # the cluster inherits CPU 0
+    pg = PrivatePostgres()
     try:
-        pg = PrivatePostgres().start()
+        pg.start()
     finally:
         os.sched_setaffinity(0, affinity)
     try:
         for n in (1, 2, 3):
             runs.append(bench_postgres(args, work, pg, n))
     finally:
-        pg.stop("immediate")
+        pg.__exit__(None, None, None)  # stop it and remove its data directory
     base = runs[0]
     print(f"\n{args.seconds:g} s per run, {args.connections} connections, servers on CPU "
           f"{SERVER_CPU}, load on CPU {LOAD_CPU}; µs are CPU time per ticket\n")

@@ -1,8 +1,10 @@
 """The store contract suite: what every store (SQLite, and PostgreSQL for replicas) must do.
 
 Written once against the store's protocols and parametrized over store factories, so a second
-store runs it unchanged: add a factory to ``STORES`` (or override the ``store_factory``
-fixture) and import the tests::
+store runs it unchanged: add an entry to ``STORES`` (the fixture that places one test's data,
+and a factory that opens stores there), or override the ``store_factory`` fixture, and import
+the tests. SQLite runs on a temporary directory, PostgreSQL on a schema of the test's own in a
+database of the session's own (gateway/testing/postgres.py)::
 
     from gateway.testing.store_contract import *  # noqa: F403
 
