@@ -47,7 +47,7 @@ from gateway.queues.embedded import EventWaiters
 from gateway.registry import load_plugin, load_plugins
 from gateway.relay import EventRelay
 from gateway.replies.assembly import Replies
-from gateway.store.backends import open_configured_store, replica_parts
+from gateway.store.backends import open_configured_store, rate_limiter_factory, replica_parts
 from gateway.store.dashboard_sql import dashboard_reads
 
 log = logging.getLogger("intake")
@@ -77,6 +77,7 @@ class Gateway:
         # store; one process on SQLite simply runs them.
         self.exclusive: Exclusive
         self.exclusive, blobs = replica_parts(self.store, config.store)
+        self.rate_limiter = rate_limiter_factory(self.store, config.store)
         self._relay_lease: asyncio.Task[None] | None = None
         self.attachments = AttachmentStore(
             config.attachments.path or self.data_dir / "attachments",
@@ -154,7 +155,8 @@ class Gateway:
                               default_locale=self.config.intake.default_locale,
                               state=self.store.adapter_state(kind),
                               log=logging.getLogger(f"intake.{kind}"),
-                              ephemeral_ports=self._ephemeral, exclusive=self.exclusive)
+                              ephemeral_ports=self._ephemeral, exclusive=self.exclusive,
+                              rate_limiter=self.rate_limiter)
 
     def _refuse_open_listener(self) -> None:
         # Off loopback, every door must be locked: an unauthenticated API or event feed would

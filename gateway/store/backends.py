@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from gateway.attachments import BlobStore
     from gateway.config import StoreConfig
     from gateway.plugin import Exclusive
+    from gateway.plugin.limits import RateLimiterFactory
     from gateway.store.postgres import PostgresStore
     from gateway.store.sqlite import SqliteStore
 
@@ -58,3 +59,18 @@ def replica_parts(store: SqliteStore | PostgresStore,
 
     assert isinstance(store, PostgresStore)
     return LeasedExclusive(store, ttl=config.lease_seconds), store
+
+
+def rate_limiter_factory(store: SqliteStore | PostgresStore,
+                         config: StoreConfig) -> RateLimiterFactory:
+    """Rate limits counted in the shared PostgreSQL (every replica spends from one allowance
+    per key), or in this process for one SQLite gateway."""
+    from gateway.plugin.limits import local_rate_limiter
+
+    if config.backend != "postgres":
+        return local_rate_limiter
+    from gateway.store.postgres import PostgresStore
+    from gateway.store.postgres_limits import shared_rate_limiter
+
+    assert isinstance(store, PostgresStore)
+    return shared_rate_limiter(store)

@@ -9,6 +9,8 @@ decision and every protocol mean the same on both stores.
 
 from __future__ import annotations
 
+from gateway.store.postgres_limits import MIGRATION as RATE_BUCKETS
+
 MIGRATIONS: list[list[str]] = [
     # 1: the schema of SQLite's schema 2, plus what replicas need: a commit-ordered event
     # counter, ack leases, consumer offsets and singleton leases in the database.
@@ -100,6 +102,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX replies_provider ON replies(provider_id)",
         "CREATE INDEX replies_ticket ON replies(ticket_id)",
     ],
+    # 4: rate limits counted across replicas (gateway/store/postgres_limits.py).
+    RATE_BUCKETS,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
