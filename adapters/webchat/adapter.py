@@ -26,6 +26,7 @@ from gateway.errors import (
     ConfigError,
     Forbidden,
     NotFound,
+    PermanentError,
     RateLimited,
     RejectedInput,
     StorageFull,
@@ -38,6 +39,7 @@ from gateway.plugin import (
     AdapterContext,
     Inline,
     Intake,
+    OutgoingReply,
     TokenBuckets,
     normalize_email,
     normalize_phone,
@@ -204,6 +206,11 @@ class WebchatAdapter(AdapterBase):
 
     kind: ClassVar[str] = "webchat"
     Config: ClassVar[type[msgspec.Struct]] = WebchatConfig
+    reply_channels: ClassVar[tuple[str, ...]] = ("webchat",)
+    """Replies to a ticket whose latest message came from the chat are answered in the chat
+    (gateway/replies/routing.py sends a ``webchat`` message's reply to its contact's
+    ``chat_ids["webchat"]``). No window: a chat reply may go any time; an unseen one is
+    caught up on the next visit, pushed to the app, or sent to the fallback."""
 
     config: WebchatConfig
     intake: Intake
@@ -857,6 +864,26 @@ class WebchatAdapter(AdapterBase):
                 self._spawn(self._fallback_later(conv, entry, self.fallback_delay))
         return DeliveryResult(status=status, sessions=[c.record.sid for c in convs],
                               pushed=pushed, fallback_at=fallback_at)
+
+    async def send_reply(self, reply: OutgoingReply, *, channel: str, to: str,
+                         reply_to: str | None) -> str | None:
+        """A downstream reply (``POST /v1/tickets/{number}/replies``) into the visitor's chat.
+
+        ``to`` is the contact's ``chat_ids["webchat"]``; :meth:`deliver_reply` writes it to every
+        session of that address, live or for catch-up. The dispatcher sends at least once; the
+        reply id makes a second send write nothing. The provider id is ``webchat:<reply id>``
+        (stable, so a resend names the same delivery). A session revoked or gone, or a text the
+        chat refuses, can never succeed: :class:`PermanentError`, recorded as ``reply.failed``.
+        """
+        text = reply.text
+        if reply.files:
+            text += "\n\n" + "\n".join(f"[{f.name}]" for f in reply.files)
+        try:
+            await self.deliver_reply(to, text, reply_id=reply.reply_id,
+                                     ticket_number=reply.ticket_number)
+        except RejectedInput as exc:  # NotFound, TooLarge: the same send never succeeds
+            raise PermanentError(f"the chat refused the reply: {exc.reason}") from None
+        return f"webchat:{reply.reply_id}"
 
     async def _sessions_of(self, address: str) -> list[Conversation]:
         site, _, rest = address.partition(":")
