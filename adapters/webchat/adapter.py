@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -48,6 +48,7 @@ from gateway.plugin import (
     resolve_secret,
 )
 from gateway.plugin.locales import pick_locale
+from gateway.plugin.openapi import Operation
 from intake_adapters.webchat.config import SiteConfig, WebchatConfig
 from intake_adapters.webchat.history import (
     Conversation,
@@ -57,6 +58,7 @@ from intake_adapters.webchat.history import (
     SessionRecord,
     encode,
 )
+from intake_adapters.webchat.openapi import webchat_operations
 from intake_adapters.webchat.push import PushEvent, PushSenders
 from intake_adapters.webchat.session import (
     SITE_KEY,
@@ -278,6 +280,11 @@ class WebchatAdapter(AdapterBase):
         self._draining = False
         self._widget_js = self._build_widget()
 
+    @classmethod
+    def http_operations(cls, config: WebchatConfig) -> Sequence[Operation]:
+        # Not on ``enabled``: the committed document shows the chat under its default path.
+        return webchat_operations(config.path)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
@@ -394,8 +401,10 @@ class WebchatAdapter(AdapterBase):
                     {"error": exc.reason}, status=429,
                     headers=cors | {"Retry-After": str(max(1, round(exc.retry_after)))})
             except RejectedInput as exc:
-                return web.json_response({"error": exc.reason, "field": exc.field},
-                                         status=exc.status, headers=cors)
+                # As the core's error body (gateway/http.py): ``field`` only when one is at
+                # fault, never null (the OpenAPI Error schema says a string).
+                error = {"error": exc.reason} | ({"field": exc.field} if exc.field else {})
+                return web.json_response(error, status=exc.status, headers=cors)
             except StorageFull:
                 return web.json_response({"error": "no room to store it now, retry later"},
                                          status=503, headers=cors | {"Retry-After": "30"})
