@@ -149,3 +149,16 @@ async def test_a_revoked_session_makes_the_reply_fail_not_retry(
     assert status == 202, body
     failed = await wait_event(gw, "reply.failed", reply_id=body["reply_id"])
     assert failed["data"]["attempts"] == 1 and "chat" in failed["data"]["reason"]
+
+
+async def test_the_chat_may_be_named_as_the_channel(
+        gw: Gateway, http: aiohttp.ClientSession) -> None:
+    v = await open_session(http, gw)
+    await v.connect()
+    number = (await v.say("Can I change my plan?"))["ticket_number"]
+    status, body = await post_reply(gw, number, {"text": "Yes, any day.", "channel": "webchat"},
+                                    key="wc-named", secret=SECRET)
+    assert status == 202 and body["channel"] == "webchat", body
+    assert (await next_reply(v))["text"] == "Yes, any day."
+    queued = await wait_event(gw, "reply.queued", reply_id=body["reply_id"])
+    assert queued["data"]["chosen_because"] == "requested"
