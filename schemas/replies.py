@@ -10,7 +10,7 @@ from typing import Literal
 
 import msgspec
 
-ReplyChannel = Literal["email", "sms", "whatsapp", "telegram", "wechat"]
+ReplyChannel = Literal["email", "sms", "whatsapp", "telegram", "wechat", "webchat"]
 """A channel a reply may be asked to go out on (the contact must have that identity)."""
 
 

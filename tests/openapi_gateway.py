@@ -7,7 +7,8 @@ from pathlib import Path
 TELEGRAM_SECRET = "telegram-secret-token"
 SECRETS = {"twilio": "twilio-auth-token", "telegram": "123456:bot-token",
            "telegram-secret": TELEGRAM_SECRET, "wechat": "wechat-token", "hook": "hook-secret",
-           "api": "api-secret"}
+           "api": "api-secret", "webchat": "webchat-session-secret-for-the-openapi-tests"}
+WEBCHAT_SITE = "openapi-site"
 
 
 def every_route_config(secrets: Path, *, head: str = "", form_rate_limit: int = 5) -> str:
@@ -48,4 +49,14 @@ name = "reviews"
 signature = "hmac-sha256-hex"
 secret_file = "{secrets / "hook"}"
 mapping = {{ text = "body", email = "email" }}
+[adapters.webchat]
+enabled = true
+session_secret_file = "{secrets / "webchat"}"
+session_rate = 100000
+message_rate = 100000
+ip_message_rate = 100000
+[[adapters.webchat.sites]]
+key = "{WEBCHAT_SITE}"
+allow_apps = true
+allowed_origins = ["http://127.0.0.1"]
 """

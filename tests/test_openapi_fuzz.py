@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import pytest
 
 from gateway.runtime import Gateway
 from tests.conftest import MakeGateway
-from tests.openapi_gateway import SECRETS, TELEGRAM_SECRET, every_route_config
+from tests.openapi_gateway import SECRETS, TELEGRAM_SECRET, WEBCHAT_SITE, every_route_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "fuzz-events-token"
@@ -90,7 +91,9 @@ def test_schemathesis_finds_no_server_error(
         capture_output=True, text=True, timeout=540, cwd=tmp_path,
         env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks",
              "PYTHONPATH": str(ROOT), "FUZZ_BASE_URL": url,
-             "FUZZ_TWILIO_TOKEN": SECRETS["twilio"], "FUZZ_WECHAT_TOKEN": SECRETS["wechat"]})
+             "FUZZ_TWILIO_TOKEN": SECRETS["twilio"], "FUZZ_WECHAT_TOKEN": SECRETS["wechat"],
+             "FUZZ_WEBCHAT_SITE": WEBCHAT_SITE,
+             "FUZZ_WEBCHAT_TOKEN": _webchat_session(url)})
     assert res.returncode == 0, res.stdout[-20000:] + res.stderr[-5000:]
 
     # Zero 5xx, counted from every response recorded, not only from the checks' verdict.
@@ -101,10 +104,22 @@ def test_schemathesis_finds_no_server_error(
     # The hooks' signatures got through: the fuzzer reached behind Twilio's and WeChat's checks.
     taken = {label for label, status in answers if 200 <= status < 300}
     assert {"POST /twilio/voice", "POST /twilio/status", "GET /wechat",
-            "POST /telegram/webhook", "POST /v1/messages", "POST /form"} <= taken
+            "POST /telegram/webhook", "POST /v1/messages", "POST /form",
+            "POST /webchat/v1/sessions", "POST /webchat/v1/messages",
+            "GET /webchat/v1/messages"} <= taken
     assert proc.poll() is None, "the gateway died under the fuzzer"
     gateway_log = (tmp_path / "gateway.log").read_text()
     assert "unhandled error" not in gateway_log
+
+
+def _webchat_session(url: str) -> str:
+    """A web chat session's token, opened as an app opens one (the site takes apps): the
+    fuzzer sends it on the chat's routes (tests/schemathesis.toml)."""
+    body = json.dumps({"site": WEBCHAT_SITE}).encode()
+    request = urllib.request.Request(f"{url}/webchat/v1/sessions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return str(json.loads(resp.read())["token"])
 
 
 def _answers(report: Path) -> Iterator[tuple[str, int]]:

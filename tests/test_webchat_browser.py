@@ -23,6 +23,10 @@ from gateway.testing.drivers_webchat import SITE, webchat_toml
 from gateway.testing.services import unavailable
 from intake_adapters.webchat import WebchatAdapter
 from tests.conftest import MakeGateway
+from tests.test_replies import post_reply
+
+REPLIES_SECRET = "webchat-browser-replies-secret"
+os.environ["INTAKE_TEST_WEBCHAT_BROWSER_REPLIES_SECRET"] = REPLIES_SECRET
 
 CHROMIUM = "/usr/bin/chromium"
 NUMBER = re.compile(r"^CX-\d{8}-\d{5}-\d$")
@@ -91,6 +95,7 @@ async def shop(make_gateway: MakeGateway) -> AsyncIterator[tuple[HostSite, Gatew
     await host.start()
     toml = ('[intake]\nchat_followup_window = "10m"\n' + webchat_toml()).replace(
         'allowed_origins = ["http://127.0.0.1"]', f'allowed_origins = ["{host.url}"]')
+    toml += '[replies]\nsecret_env = "INTAKE_TEST_WEBCHAT_BROWSER_REPLIES_SECRET"\n'
     gw = await make_gateway(toml)
     host.gateway_url = gw.url
     try:
@@ -160,9 +165,12 @@ async def test_visitor_chats_reloads_reconnects_and_sees_a_reply(
         assert await seqs(page) == ["1", "2", "3", "4"]
         assert await page.locator(".iwc-pending").count() == 0
 
-        # A reply while connected appears live.
+        # A reply while connected appears live: sent by a downstream system through the
+        # signed reply endpoint, routed to the chat, dispatched by the reply path.
         await page.wait_for_function(CONNECTED)
-        await adapter.deliver_reply(f"{SITE}:s:{sid}", "已为您更换设备。", reply_id="r-live")
+        status, reply = await post_reply(gw, number, {"text": "已为您更换设备。"},
+                                         key="browser-live", secret=REPLIES_SECRET)
+        assert status == 202 and reply["channel"] == "webchat", reply
         await page.locator('.iwc-entry[data-seq="5"].iwc-reply').wait_for(timeout=10_000)
         assert await seqs(page) == ["1", "2", "3", "4", "5"]
         conv = adapter.convs._cache[sid]
@@ -178,7 +186,10 @@ async def test_visitor_chats_reloads_reconnects_and_sees_a_reply(
             http.get(gw.url + "/v1/events", params={"after": "0"}) as resp:
         events = [e["event"] for e in (await resp.json())["events"]]
     kinds = [e["type"] for e in events if not e["type"].startswith("ack.")]
-    assert kinds == ["ticket.created", "ticket.message_added", "ticket.message_added"]
+    assert kinds == ["ticket.created", "ticket.message_added", "ticket.message_added",
+                     "reply.queued", "reply.sent"]
+    sent = next(e for e in events if e["type"] == "reply.sent")
+    assert sent["data"]["reply_id"] == reply["reply_id"] and sent["data"]["channel"] == "webchat"
 
 
 @pytest.mark.parametrize("lang, ua, open_name, label", [

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -26,6 +26,7 @@ from gateway.errors import (
     ConfigError,
     Forbidden,
     NotFound,
+    PermanentError,
     RateLimited,
     RejectedInput,
     StorageFull,
@@ -38,6 +39,7 @@ from gateway.plugin import (
     AdapterContext,
     Inline,
     Intake,
+    OutgoingReply,
     normalize_email,
     normalize_phone,
     parse_duration,
@@ -45,6 +47,7 @@ from gateway.plugin import (
     resolve_secret,
 )
 from gateway.plugin.locales import pick_locale
+from gateway.plugin.openapi import Operation
 from intake_adapters.webchat.config import SiteConfig, WebchatConfig
 from intake_adapters.webchat.history import (
     Conversation,
@@ -54,6 +57,7 @@ from intake_adapters.webchat.history import (
     SessionRecord,
     encode,
 )
+from intake_adapters.webchat.openapi import webchat_operations
 from intake_adapters.webchat.push import PushEvent, PushSenders
 from intake_adapters.webchat.session import (
     SITE_KEY,
@@ -203,6 +207,11 @@ class WebchatAdapter(AdapterBase):
 
     kind: ClassVar[str] = "webchat"
     Config: ClassVar[type[msgspec.Struct]] = WebchatConfig
+    reply_channels: ClassVar[tuple[str, ...]] = ("webchat",)
+    """Replies to a ticket whose latest message came from the chat are answered in the chat
+    (gateway/replies/routing.py sends a ``webchat`` message's reply to its contact's
+    ``chat_ids["webchat"]``). No window: a chat reply may go any time; an unseen one is
+    caught up on the next visit, pushed to the app, or sent to the fallback."""
 
     config: WebchatConfig
     intake: Intake
@@ -270,6 +279,11 @@ class WebchatAdapter(AdapterBase):
         """Every live WebSocket of this process (closed when the listener drains)."""
         self._draining = False
         self._widget_js = self._build_widget()
+
+    @classmethod
+    def http_operations(cls, config: WebchatConfig) -> Sequence[Operation]:
+        # Not on ``enabled``: the committed document shows the chat under its default path.
+        return webchat_operations(config.path)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -387,8 +401,10 @@ class WebchatAdapter(AdapterBase):
                     {"error": exc.reason}, status=429,
                     headers=cors | {"Retry-After": str(max(1, round(exc.retry_after)))})
             except RejectedInput as exc:
-                return web.json_response({"error": exc.reason, "field": exc.field},
-                                         status=exc.status, headers=cors)
+                # As the core's error body (gateway/http.py): ``field`` only when one is at
+                # fault, never null (the OpenAPI Error schema says a string).
+                error = {"error": exc.reason} | ({"field": exc.field} if exc.field else {})
+                return web.json_response(error, status=exc.status, headers=cors)
             except StorageFull:
                 return web.json_response({"error": "no room to store it now, retry later"},
                                          status=503, headers=cors | {"Retry-After": "30"})
@@ -857,6 +873,26 @@ class WebchatAdapter(AdapterBase):
                 self._spawn(self._fallback_later(conv, entry, self.fallback_delay))
         return DeliveryResult(status=status, sessions=[c.record.sid for c in convs],
                               pushed=pushed, fallback_at=fallback_at)
+
+    async def send_reply(self, reply: OutgoingReply, *, channel: str, to: str,
+                         reply_to: str | None) -> str | None:
+        """A downstream reply (``POST /v1/tickets/{number}/replies``) into the visitor's chat.
+
+        ``to`` is the contact's ``chat_ids["webchat"]``; :meth:`deliver_reply` writes it to every
+        session of that address, live or for catch-up. The dispatcher sends at least once; the
+        reply id makes a second send write nothing. The provider id is ``webchat:<reply id>``
+        (stable, so a resend names the same delivery). A session revoked or gone, or a text the
+        chat refuses, can never succeed: :class:`PermanentError`, recorded as ``reply.failed``.
+        """
+        text = reply.text
+        if reply.files:
+            text += "\n\n" + "\n".join(f"[{f.name}]" for f in reply.files)
+        try:
+            await self.deliver_reply(to, text, reply_id=reply.reply_id,
+                                     ticket_number=reply.ticket_number)
+        except RejectedInput as exc:  # NotFound, TooLarge: the same send never succeeds
+            raise PermanentError(f"the chat refused the reply: {exc.reason}") from None
+        return f"webchat:{reply.reply_id}"
 
     async def _sessions_of(self, address: str) -> list[Conversation]:
         site, _, rest = address.partition(":")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Method = Literal["get", "post", "put", "patch", "delete"]
+Method = Literal["get", "post", "put", "patch", "delete", "options"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +89,9 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     "dashboardToken": {"type": "http", "scheme": "bearer",
                        "description": "dashboard.token_env / token_file, as a Bearer header or "
                                       "through the login page's session cookie."},
+    "webchatSession": {"type": "http", "scheme": "bearer",
+                       "description": "A web chat session token from POST "
+                                      "/webchat/v1/sessions, with an Origin the site allows."},
     "webhookSignature": {"type": "apiKey", "in": "header", "name": "webhook-signature",
                          "description": "Standard Webhooks `v1,<base64 HMAC>` with "
                                         "webhook-id and webhook-timestamp, or the source's "
