@@ -864,6 +864,9 @@ async def test_webchat_http_survives_generated_requests(gw: Gateway) -> None:
                  auth=b"Bearer " + token.encode(), headers=[])
         @example(route=routes[1], payload=b'{"client_id": "\xed\xa0\x80"}', query={},
                  auth=b"Bearer " + token.encode(), headers=[])
+        # A file name (and type) header with a byte that is not UTF-8 (once a 500).
+        @example(route=routes[3], payload=b"[]", query={}, auth=b"Bearer " + token.encode(),
+                 headers=[(b"X-Filename", b"\xff"), (b"Content-Type", b"text/\xff")])
         @given(route=st.sampled_from(routes),
                payload=st.one_of(as_json(chat_frame), as_json(json_value), raw_json_bodies,
                                  hostile_bytes),

@@ -46,6 +46,7 @@ from gateway.plugin import (
     peer_key,
     resolve_secret,
 )
+from gateway.plugin.files import safe_filename
 from gateway.plugin.locales import pick_locale
 from gateway.plugin.openapi import Operation
 from intake_adapters.webchat.config import SiteConfig, WebchatConfig
@@ -70,6 +71,7 @@ from intake_schemas import Attachment, Contact, InboundMessage, ThreadHints
 
 _STATIC = Path(__file__).parent / "static"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,60}/[A-Za-z0-9][\w.+-]{0,60}", re.ASCII)
 _UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{16}$")
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
@@ -647,8 +649,10 @@ class WebchatAdapter(AdapterBase):
             raise TooLarge(f"a file may have at most {limit} bytes", limit=limit)
         if not data:
             raise RejectedInput("the file is empty")
-        name = unquote(request.headers.get("X-Filename", "attachment"))[:200] or "attachment"
-        ctype = request.headers.get("Content-Type", "application/octet-stream")[:100]
+        name = safe_filename(unquote(request.headers.get("X-Filename", "attachment"))[:200])
+        ctype = request.headers.get("Content-Type", "")[:100].split(";", 1)[0].strip()
+        if not _MEDIA_TYPE.fullmatch(ctype):  # it is stored and echoed: a plain type/subtype
+            ctype = "application/octet-stream"
         attachment = await self.intake.store_attachment(data, name=name, content_type=ctype)
         upload_id = secrets.token_urlsafe(12)
         await self.ctx.state.put(f"u/{conv.record.sid}/{upload_id}", encode(attachment))

@@ -44,6 +44,8 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
 
 def safe_filename(name: str, *, fallback: str = "attachment") -> str:
     """A file name with no path, no control or reserved characters, no leading dots, ≤ 120 chars."""
+    # Header values arrive with undecodable bytes as lone surrogates, which no encoder takes.
+    name = name.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     name = unicodedata.normalize("NFC", name)
     # Keep only the last path component of whatever separators the sender's OS used.
     name = re.split(r"[/\\]", name)[-1]
