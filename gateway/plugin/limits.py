@@ -105,8 +105,9 @@ class TokenBuckets:
     """A token bucket per key: ``rate`` events, refilled evenly over ``window`` seconds.
 
     Memory is bounded: a key idle for a whole window has a full bucket again and is forgotten,
-XX
-    ``ClientRateLimiter`` is the same algorithm and could use this one.)
+    and beyond ``max_keys`` the least recently seen are forgotten first. Adapters get theirs
+    through ``AdapterContext.rate_limiter`` (:class:`RateLimiter`), which a shared store may
+    count across replicas instead.
     """
 
     def __init__(self, rate: int, window: float, *, max_keys: int = 50_000,
