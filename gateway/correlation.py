@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextvars
 import os
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 HEADER = "X-Request-Id"
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
@@ -43,27 +41,3 @@ def bind(value: str) -> contextvars.Token[str | None]:
 
 def unbind(token: contextvars.Token[str | None]) -> None:
     _current.reset(token)
-
-
-def correlation_middleware() -> Any:
-    """aiohttp middleware: bind the request's id (``X-Request-Id`` or new) and echo it."""
-    from aiohttp import web
-
-    @web.middleware
-    async def middleware(request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
-        cid = accepted(request.headers.get(HEADER))
-        token = bind(cid)
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers[HEADER] = cid
-            raise
-        finally:
-            unbind(token)
-        if not response.prepared:
-            response.headers[HEADER] = cid
-        return response
-
-    return middleware

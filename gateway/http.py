@@ -13,7 +13,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
 
 from gateway.attachments import AttachmentStore
-from gateway.correlation import correlation_middleware
+from gateway.correlation import HEADER as CORRELATION_HEADER
+from gateway.correlation import accepted, bind, unbind
 from gateway.errors import (
     RateLimited,
     RejectedInput,
@@ -60,26 +61,70 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Map the error tree to HTTP once, so no adapter answers a 500 with a traceback."""
     try:
         return await handler(request)
-    except RejectedInput as exc:
+    except Exception as exc:
+        return _error_answer(request, exc)
+
+
+def _error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to ``exc`` raised by a handler; re-raises what aiohttp answers itself."""
+    if isinstance(exc, RejectedInput):
         return error_response(exc)
-    except StorageFull:
+    if isinstance(exc, StorageFull):
         log.warning("no room left to store a message (%s %s)", request.method, request.path)
         return web.json_response({"error": "insufficient storage on our side, please retry "
                                            "later"}, status=503, headers={"Retry-After": "30"})
-    except TransientError:
-        log.warning("transient failure on %s %s", request.method, request.path, exc_info=True)
+    if isinstance(exc, TransientError):
+        log.warning("transient failure on %s %s", request.method, request.path, exc_info=exc)
         return web.json_response({"error": "temporarily unavailable, please retry"}, status=503,
                                  headers={"Retry-After": "5"})
-    except web.HTTPException:
-        raise
-    except ConnectionError:
+    if isinstance(exc, web.HTTPException):
+        raise exc
+    if isinstance(exc, ConnectionError):
         # The client went away (or was cut off for a slow body): nobody reads the answer,
         # and a traceback per dropped client would flood the log.
         return web.Response(status=408)
-    except Exception:
-        # Never echo internals or customer data; the traceback goes to the operator's log.
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.json_response({"error": "internal error"}, status=500)
+    # Never echo internals or customer data; the traceback goes to the operator's log.
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return web.json_response({"error": "internal error"}, status=500)
+
+
+def request_middleware(body_timeout: float) -> Any:
+    """The application's one middleware: correlation id, body deadline, errors to HTTP.
+
+    In that order, as three nested middlewares would do it, but in one coroutine per request
+    (each middleware layer costs aiohttp a wrapper call and a coroutine on the hot path):
+
+    1. bind the request's correlation id (``X-Request-Id`` when it is a safe token, else a new
+       one, :mod:`gateway.correlation`) and echo it on every answer, errors included;
+    2. cut a request whose body has not fully arrived ``body_timeout`` s after its head
+       (headers are bounded by aiohttp's keep-alive timer, ``server.idle_timeout``);
+    3. map the error tree to HTTP (:func:`errors_middleware`).
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        cid = accepted(request.headers.get(CORRELATION_HEADER))
+        token = bind(cid)
+        cut = None
+        if body_timeout > 0 and request.body_exists and not request.content.is_eof():
+            cut = asyncio.get_running_loop().call_later(body_timeout, _cut_slow_body, request)
+        try:
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = _error_answer(request, exc)
+        except web.HTTPException as exc:
+            exc.headers[CORRELATION_HEADER] = cid
+            raise
+        finally:
+            if cut is not None:
+                cut.cancel()
+            unbind(token)
+        if not response.prepared:
+            response.headers[CORRELATION_HEADER] = cid
+        return response
+
+    return middleware
 
 
 class CoreRoutes(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,8 +167,7 @@ def create_app(core: CoreRoutes,
                adapter_routes: Iterable[web.AbstractRouteDef]) -> web.Application:
     """The one application: health, readiness, metrics, the event feed, the by-reference
     message routes, and the routes of every enabled adapter."""
-    app = web.Application(middlewares=[correlation_middleware(), body_deadline(core.body_timeout),
-                                       errors_middleware],
+    app = web.Application(middlewares=[request_middleware(core.body_timeout)],
                           client_max_size=core.max_body_bytes)
     app[CORE] = core
     app.router.add_get("/healthz", healthz)
@@ -134,26 +178,6 @@ def create_app(core: CoreRoutes,
                                          lambda r: check_events_token(r, core.events_token)))
     app.router.add_routes(list(adapter_routes))
     return app
-
-
-def body_deadline(timeout: float) -> Any:
-    """Middleware: a request whose body has not fully arrived ``timeout`` s after its head is cut.
-
-    Headers are bounded by aiohttp's keep-alive timer (``server.idle_timeout``), which runs from
-    the connection's start and from each response until a complete request head arrives.
-    """
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if timeout <= 0 or not request.body_exists or request.content.is_eof():
-            return await handler(request)
-        cut = asyncio.get_running_loop().call_later(timeout, _cut_slow_body, request)
-        try:
-            return await handler(request)
-        finally:
-            cut.cancel()
-
-    return middleware
 
 
 def _cut_slow_body(request: web.Request) -> None:

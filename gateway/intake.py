@@ -84,6 +84,18 @@ class RunsDecision(Protocol):
         ...
 
 
+
+_SUBMITTED_BY: dict[tuple[str, str], Any] = {}
+
+
+def _submitted(channel: str, outcome: str) -> Any:
+    """``SUBMITTED``'s child for one channel and outcome, looked up once (``labels`` takes a
+    lock and builds a key on every call; channels and outcomes are a handful)."""
+    child = _SUBMITTED_BY.get((channel, outcome))
+    if child is None:
+        child = _SUBMITTED_BY[(channel, outcome)] = SUBMITTED.labels(channel, outcome)
+    return child
+
 class IntakeService:
     """What adapters call: :meth:`submit` and :meth:`store_attachment`."""
 
@@ -174,7 +186,7 @@ class IntakeService:
         outcome = "replayed" if stored.message_uid != plan.message_uid else stored.outcome
         if outcome != "replayed" and message.metadata.get("mail_class") == "bounce":
             await self._bounced(message)
-        SUBMITTED.labels(message.channel, outcome).inc()
+        _submitted(message.channel, outcome).inc()
         SUBMIT_SECONDS.observe(time.perf_counter() - started)
         # One line per message, with the correlation id (gateway/jsonlog.py); never who or what.
         log.info("submitted: channel=%s outcome=%s ticket=%s", message.channel, outcome,

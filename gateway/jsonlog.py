@@ -34,7 +34,8 @@ class JsonLogFormatter(logging.Formatter):
                 timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": (record.getMessage() if getattr(record, "redacted", False)
+                        else redact(record.getMessage())),
         }
         cid = current_correlation_id()
         if cid:

@@ -93,9 +93,10 @@ def _redacting(factory: Callable[..., logging.LogRecord]) -> Callable[..., loggi
             message = record.getMessage()
         except Exception:  # a bad format string: let the handler report it as usual
             return record
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
+        # The redacted text replaces the format and its arguments: handlers neither format
+        # it again nor redact it again (``redacted``, read by gateway/jsonlog.py).
+        record.msg, record.args = redact(message), None
+        record.redacted = True
         if record.exc_info and not record.exc_text:
             # Tracebacks carry URLs too (httpx errors name the request); format it now, redacted,
             # and handlers print the cached text.

@@ -97,6 +97,29 @@ async def test_json_logs_carry_the_correlation_id_the_event_carries(tmp_path: Pa
         assert secret not in text, secret
 
 
+async def test_error_answers_echo_the_correlation_id(make_gateway: MakeGateway,
+                                                    http: aiohttp.ClientSession) -> None:
+    # The id is bound around the error mapping: a refusal (our 4xx), aiohttp's own 404 and 405
+    # and a refused content type all say which request they answer.
+    gw = await make_gateway("")
+    given = {"X-Request-Id": "proxy-req-err-0001"}
+    async with http.post(f"{gw.url}/v1/messages", data=b"{not json",
+                         headers={**given, "Content-Type": "application/json"}) as resp:
+        assert resp.status == 400
+        assert "JSON" in (await resp.json())["error"]
+        assert resp.headers["X-Request-Id"] == "proxy-req-err-0001"
+    async with http.post(f"{gw.url}/v1/messages", data=b"x",
+                         headers={**given, "Content-Type": "text/plain"}) as resp:
+        assert resp.status == 400
+        assert resp.headers["X-Request-Id"] == "proxy-req-err-0001"
+    async with http.get(f"{gw.url}/no-such-page", headers=given) as resp:
+        assert resp.status == 404
+        assert resp.headers["X-Request-Id"] == "proxy-req-err-0001"
+    async with http.delete(f"{gw.url}/v1/messages") as resp:
+        assert resp.status == 405
+        assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-Id"])
+
+
 async def test_mail_gets_a_correlation_id_of_its_own(make_gateway: MakeGateway,
                                                      http: aiohttp.ClientSession) -> None:
     smtp = SmtpDriver()
