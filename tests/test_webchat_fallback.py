@@ -7,6 +7,7 @@ fake). Real gateway (SQLite store), the chat's real HTTP API, the signed reply e
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from gateway.testing.smtp_capture import CapturedMail, SmtpCapture
 from tests.conftest import MakeGateway
 from tests.test_replies import events, post_reply, replies_settled, wait_event
 from tests.test_replies_twilio import toml as twilio_toml
-from tests.test_webchat import ORIGIN, Visitor, adapter_of, open_session
+from intake_adapters.webchat.session import identity_signature
+from tests.test_webchat import IDENTITY_SECRET, ORIGIN, Visitor, adapter_of, open_session
 
 SITE_NAME = "Example Shop"
 SUPPORT = "support@example.com"
@@ -30,7 +32,8 @@ SUPPORT = "support@example.com"
 
 def chat_toml(delay: str = "1s", extra: str = "") -> str:
     table = webchat_toml(extra=f'reply_fallback_delay = "{delay}"\n' + extra,
-                         site_extra=f'name = "{SITE_NAME}"\n')
+                         site_extra=f'name = "{SITE_NAME}"\n'
+                         'identity_secret_env = "INTAKE_TEST_WEBCHAT_IDENTITY"\n')
     return ('[intake]\nchat_followup_window = "10m"\n'
             + table.replace('allowed_origins = ["http://127.0.0.1"]',
                             f'allowed_origins = ["{ORIGIN}"]'))
@@ -113,6 +116,18 @@ async def test_an_unseen_reply_reaches_the_email_given_in_the_chat_once(
     # The claimed address never became an identity: the ticket's contact has only the chat.
     created = next(e for e in await events(gw) if e["type"] == "ticket.created")
     assert "email" not in created["data"]["contact"]
+
+
+async def test_the_email_a_site_signed_gets_the_reply_without_the_claim_line(
+        gw: Gateway, capture: SmtpCapture, http: aiohttp.ClientSession) -> None:
+    sig = identity_signature(IDENTITY_SECRET.encode(), "user-9", "signed@example.com")
+    v = await open_session(http, gw, locale="en", identity={
+        "user_id": "user-9", "email": "signed@example.com", "signature": sig})
+    number, _ = await ticket_of(v, "Signed in and away.")
+    await reply(gw, number, "Your order ships today.", key="signed")
+    mail = await mail_to(capture, "signed@example.com")
+    assert "Your order ships today." in mail.text() and number in mail.text()
+    assert "given in the chat" not in mail.text()
 
 
 async def test_a_visitor_who_saw_the_reply_or_gave_no_address_gets_nothing(
@@ -219,3 +234,37 @@ async def test_the_same_key_twice_queues_one_reply(
         assert err.value.field == field, bad
     with pytest.raises(NotFound):
         await gw.intake.forward_reply(**(args | {"ticket_number": "not-a-ticket"}))
+
+
+async def test_a_fallback_that_fires_again_after_a_crash_mails_once(
+        make_gateway: MakeGateway, capture: SmtpCapture, tmp_path: Path,
+        http: aiohttp.ClientSession) -> None:
+    """A process that queued the forward and died before deleting its key: the next one fires
+    the same fallback again, and the reply's key (``webchat-fallback:<reply id>``) queues
+    nothing the second time. (Two replicas firing together are the same case.)"""
+    config = chat_toml() + mailer_toml(capture)
+    gw = await make_gateway(config, data_dir=tmp_path / "gw")
+    v = await open_session(http, gw, email="crash@example.com")
+    number, seq = await ticket_of(v, "Before the crash.")
+    await reply(gw, number, "Sent before the crash.", key="crash")
+    await mail_to(capture, "crash@example.com")
+    key = f"f/{v.sid}/{seq + 1}"
+    state = adapter_of(gw).ctx.state
+    await _until_gone(state, key)
+    await state.put(key, repr(time.time()).encode())  # as it was before the delete
+    await gw.stop()
+
+    gw2 = await make_gateway(config, data_dir=tmp_path / "gw")
+    await _until_gone(adapter_of(gw2).ctx.state, key)  # fired again, then deleted
+    await replies_settled(gw2)
+    assert len(capture.to("crash@example.com")) == 1
+    kinds = [e["data"]["chosen_because"] for e in await events(gw2) if e["type"] == "reply.queued"]
+    assert kinds.count("chat_unseen_email") == 1
+
+
+async def _until_gone(state: Any, key: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while await state.get(key) is not None:
+        assert loop.time() < deadline, f"{key} still pending"
+        await asyncio.sleep(0.02)
