@@ -20,10 +20,10 @@ from gateway.runtime import Gateway
 from gateway.testing.drivers_webchat import webchat_toml
 from gateway.testing.fakes import FakeTwilio
 from gateway.testing.smtp_capture import CapturedMail, SmtpCapture
+from intake_adapters.webchat.session import identity_signature
 from tests.conftest import MakeGateway
 from tests.test_replies import events, post_reply, replies_settled, wait_event
 from tests.test_replies_twilio import toml as twilio_toml
-from intake_adapters.webchat.session import identity_signature
 from tests.test_webchat import IDENTITY_SECRET, ORIGIN, Visitor, adapter_of, open_session
 
 SITE_NAME = "Example Shop"
