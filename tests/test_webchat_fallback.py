@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ from gateway.errors import NotFound, RejectedInput
 from gateway.runtime import Gateway
 from gateway.testing.drivers_webchat import webchat_toml
 from gateway.testing.fakes import FakeTwilio
+from gateway.testing.postgres import postgres_database, postgres_dsn
 from gateway.testing.smtp_capture import CapturedMail, SmtpCapture
 from intake_adapters.webchat.session import identity_signature
 from tests.conftest import MakeGateway
 from tests.test_replies import events, post_reply, replies_settled, wait_event
 from tests.test_replies_twilio import toml as twilio_toml
 from tests.test_webchat import IDENTITY_SECRET, ORIGIN, Visitor, adapter_of, open_session
+
+__all__ = ["postgres_database", "postgres_dsn"]
 
 SITE_NAME = "Example Shop"
 SUPPORT = "support@example.com"
@@ -268,3 +272,47 @@ async def _until_gone(state: Any, key: str, timeout: float = 10.0) -> None:
     while await state.get(key) is not None:
         assert loop.time() < deadline, f"{key} still pending"
         await asyncio.sleep(0.02)
+
+
+# -- two replicas on PostgreSQL ---------------------------------------------------------------
+
+
+@pytest.fixture
+def replica_toml(postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    from gateway.store.postgres import migrate
+
+    migrate(postgres_dsn)
+    monkeypatch.setenv("INTAKE_TEST_WEBCHAT_FALLBACK_PG_DSN", postgres_dsn)
+    return '[store]\nbackend = "postgres"\ndsn_env = "INTAKE_TEST_WEBCHAT_FALLBACK_PG_DSN"\n'
+
+
+async def test_two_replicas_mail_once_and_a_catch_up_on_either_stops_it(
+        make_gateway: MakeGateway, capture: SmtpCapture, replica_toml: str,
+        http: aiohttp.ClientSession) -> None:
+    config = replica_toml + chat_toml() + mailer_toml(capture)
+    a, b = await make_gateway(config), await make_gateway(config)
+    away, last = (f"{uuid.uuid4().hex[:8]}@example.com" for _ in range(2))
+    here = await open_session(http, a, email=away)
+    number, seq = await ticket_of(here, "Seen on the other replica.")
+    sentinel = await open_session(http, a, email=last)
+    number_sentinel, _ = await ticket_of(sentinel, "Sentinel.")
+    site = adapter_of(a).config.sites[0].key
+    # Delivered by replica a (its timer), caught up through replica b.
+    await adapter_of(a).deliver_reply(f"{site}:s:{here.sid}", "Read on b.", reply_id="pg-1",
+                                      ticket_number=number)
+    entries = await Visitor(http, b, here.token, here.sid).history(after=seq)
+    assert [e["text"] for e in entries] == ["Read on b."]
+    await adapter_of(a).deliver_reply(f"{site}:s:{sentinel.sid}", "Sentinel answer.",
+                                      reply_id="pg-2", ticket_number=number_sentinel)
+    await capture.wait_for(lambda m: m.rcpt_tos == [last], timeout=15)
+    # Both replicas fire the same forward at once: one row, one mail.
+    args: dict[str, Any] = dict(ticket_number=number_sentinel, text="Sentinel answer.",
+                                channel="email", to=last,
+                                key="webchat-fallback:pg-2", locale="zh-CN",
+                                because="chat_unseen_email")
+    ids = await asyncio.gather(a.intake.forward_reply(**args), b.intake.forward_reply(**args))
+    assert ids[0] == ids[1]
+    await replies_settled(a)
+    await replies_settled(b)
+    assert [m.rcpt_tos for m in capture.messages] == [[last]], "nothing to the one who read b"
+    assert capture.to(away) == []
