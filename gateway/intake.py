@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -40,6 +40,7 @@ from gateway.plugin.contract import (
     Outbox,
     Reply,
 )
+from gateway.replies.routing import NoRoute
 from gateway.replies.status import record_delivery
 from gateway.replies.texts import parse_rating
 from gateway.sla import BusinessCalendar, due_at, format_due
@@ -126,6 +127,9 @@ class IntakeService:
             max_body_bytes=config.server.max_body_bytes,
             default_locale=pick_locale(config.intake.default_locale, "zh-CN"))
         """See :attr:`gateway.plugin.Intake.limits`."""
+        self.reply_forwarder: Callable[..., Awaitable[str]] | None = None
+        """The reply service's ``forward``, set by the runtime once it has built the replies
+        (they need this service's numbering and calendar first)."""
 
     async def store_attachment(self, data: bytes, *, name: str, content_type: str) -> Attachment:
         return await self.attachments.put(data, name=name, content_type=content_type)
@@ -160,6 +164,15 @@ class IntakeService:
         return await self.store.run(lambda tx: record_delivery(
             tx, provider_id=provider_id, delivered=delivered, detail=detail,
             event_source=source))
+
+    async def forward_reply(self, *, ticket_number: str, text: str, channel: str, to: str,
+                            key: str, locale: str, because: str) -> str:
+        """See :meth:`gateway.plugin.Intake.forward_reply`."""
+        if self.reply_forwarder is None:  # no runtime wired the reply path (bare tests)
+            raise NoRoute("this gateway sends no replies", field="channel")
+        return await self.reply_forwarder(ticket_number=ticket_number, text=text,
+                                          channel=channel, to=to, key=key, locale=locale,
+                                          because=because)
 
     async def submit(self, message: InboundMessage, *, reply: Reply = INLINE) -> Receipt:
         """See :meth:`gateway.plugin.Intake.submit`."""

@@ -128,6 +128,7 @@ class Gateway:
             calendar=self.intake.calendar, default_locale=config.intake.default_locale,
             event_source=config.intake.event_source, first_use=self.store.first_use,
             public_url=public_url)
+        self.intake.reply_forwarder = self.replies.service.forward
         if not is_loopback(self.host):
             self._refuse_open_listener()
         self.waiters = EventWaiters(0)

@@ -93,7 +93,9 @@ async def gw(make_gateway: MakeGateway, fcm: FakeFcm, receiver: WebhookReceiver,
             f'fcm_api_base = "{fcm.url}"\n'
             f'webhook_url = "{receiver.url("/push")}"\n'
             'webhook_secret_env = "INTAKE_TEST_WEBCHAT_PUSH"\n')
-    return await make_gateway(webchat_toml(extra='reply_fallback_delay = "1s"\n') + push)
+    # No forward by email or SMS (the default mailer is enabled): the push webhook's fallback.
+    return await make_gateway(webchat_toml(
+        extra='reply_fallback_delay = "1s"\nreply_fallback = []\n') + push)
 
 
 @pytest.fixture
@@ -155,7 +157,7 @@ async def test_webhook_device_and_the_fallback_are_signed(
     await adapter_of(gw).deliver_reply(f"{SITE}:s:{app.sid}", "Yes, until noon.",
                                        reply_id="w1", ticket_number=entry["ticket_number"])
     # The reply is pushed at once; unseen after reply_fallback_delay it goes to the operator's
-    # push service as a fallback to the visitor's email (no reply_fallback is wired here).
+    # push service as a fallback to the visitor's email (reply_fallback = [] here).
     await until(lambda: len(receiver.deliveries) >= 3)
     kinds = [json.loads(d.body)["type"] for d in receiver.deliveries]
     assert kinds == ["webchat.ack", "webchat.reply", "webchat.reply.fallback"]

@@ -94,6 +94,30 @@ TEXTS = _load_texts()
 """The widget's words (and the push titles), by locale: zh-CN, zh-TW, en."""
 
 
+_FORWARD_HEAD = {
+    "en": "You did not read this answer in the chat on {site}; here it is (ticket {number}):",
+    "zh-CN": "您在 {site} 的在线客服中尚未查看此答复，现发送给您（工单 {number}）：",
+    "zh-TW": "您在 {site} 的線上客服中尚未查看此答覆，現傳送給您（工單 {number}）：",
+}
+_FORWARD_CLAIM = {
+    "en": "This address was given in the chat on {site}. If that was not you, please ignore "
+          "this message.",
+    "zh-CN": "此地址是在 {site} 的在线客服中填写的。如果不是您本人填写，请忽略此消息。",
+    "zh-TW": "此地址是在 {site} 的線上客服中填寫的。如果不是您本人填寫，請忽略此訊息。",
+}
+
+
+def render_forward(text: str, *, number: str, site: str, locale: str, claimed: bool) -> str:
+    """The message an unseen reply is forwarded as: a line naming the chat and the ticket,
+    the reply's own text, and for a claimed address the line to ignore it if it was not them.
+    Nothing else of the conversation, the ticket or the contact goes in it."""
+    head = _FORWARD_HEAD.get(locale, _FORWARD_HEAD["en"]).format(site=site, number=number)
+    parts = [head, text]
+    if claimed:
+        parts.append(_FORWARD_CLAIM.get(locale, _FORWARD_CLAIM["en"]).format(site=site))
+    return "\n\n".join(parts)
+
+
 class ReplyFallback(msgspec.Struct, frozen=True, kw_only=True):
     """A reply the visitor did not see in the chat within ``reply_fallback_delay``: what the
     host needs to send it by email or SMS instead."""
@@ -264,6 +288,10 @@ class WebchatAdapter(AdapterBase):
         self.fallback_delay = parse_duration(
             config.reply_fallback_delay, key="adapters.webchat.reply_fallback_delay"
         ).total_seconds()
+        for n, channel in enumerate(config.reply_fallback):
+            if channel not in ("email", "sms") or channel in config.reply_fallback[:n]:
+                raise ConfigError(f"adapters.webchat.reply_fallback[{n}]: {channel!r}; "
+                                  'expected some of "email" and "sms", each once')
         self.path = "/" + config.path.strip("/")
         self.text_limit = min(config.max_message_chars, intake.limits.max_text_chars)
         self.convs = Conversations(ctx.state, history_limit=config.history_limit)
@@ -274,8 +302,9 @@ class WebchatAdapter(AdapterBase):
         self.connections: dict[str, int] = {}
         self.push = PushSenders(config.push, log=ctx.log)
         self.reply_fallback: Callable[[ReplyFallback], Awaitable[None]] | None = None
-        """Set by the host's reply path: sends a reply the visitor did not see by email or
-        SMS. Unset, the fallback goes to the push webhook as ``webchat.reply.fallback``."""
+        """A test's hook: when set, an unseen reply is handed to it instead of being forwarded
+        (:meth:`Intake.forward_reply`) or posted to the push webhook. The product leaves it
+        unset."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self.sockets: set[web.WebSocketResponse] = set()
         """Every live WebSocket of this process (closed when the listener drains)."""
@@ -550,7 +579,7 @@ class WebchatAdapter(AdapterBase):
                         conv.changed.wait_for(
                             lambda: conv.last_seq > after or self._draining), wait)
         entries = conv.after(after)
-        conv.seen = max(conv.seen, conv.last_seq)
+        await self._seen(conv, conv.last_seq)
         return {"entries": entries, "last_seq": conv.last_seq}
 
     async def take_message(self, conv: Conversation, client_id: str, text: str,
@@ -756,7 +785,7 @@ class WebchatAdapter(AdapterBase):
                           after: int) -> None:
         for entry in conv.after(after):
             await ws.send_str(encode({"type": "entry", "entry": entry}).decode())
-        conv.seen = max(conv.seen, conv.last_seq)
+        await self._seen(conv, conv.last_seq)
 
     async def _ws_loop(self, ws: web.WebSocketResponse, conv: Conversation, peer: str) -> None:
         bad = 0
@@ -822,8 +851,18 @@ class WebchatAdapter(AdapterBase):
             except (ConnectionError, RuntimeError):
                 conv.sockets.discard(ws)
         if sent:
-            conv.seen = max(conv.seen, entry.seq)
+            await self._seen(conv, entry.seq)
         return sent
+
+    async def _seen(self, conv: Conversation, seq: int) -> None:
+        """A client was given the entries up to ``seq``: their pending fallbacks are off, for
+        every replica and after a restart (``_fallback_later`` fires only while its key is)."""
+        if seq <= conv.seen:
+            return
+        conv.seen = seq
+        for key, _ in await self.ctx.state.items(f"f/{conv.record.sid}/"):
+            if int(key.rsplit("/", 1)[1]) <= seq:
+                await self.ctx.state.delete(key)
 
     # -- replies (the receiving side of the reply path) -----------------------------------------
 
@@ -918,7 +957,9 @@ class WebchatAdapter(AdapterBase):
     async def _fallback_later(self, conv: Conversation, entry: Entry, delay: float) -> None:
         await asyncio.sleep(delay)
         key = f"f/{conv.record.sid}/{entry.seq}"
-        if conv.seen >= entry.seq:
+        # The key is deleted when any client of the session is given the reply, by any replica
+        # or an earlier process: gone, the visitor has seen it.
+        if conv.seen >= entry.seq or await self.ctx.state.get(key) is None:
             await self.ctx.state.delete(key)
             return
         r = conv.record
@@ -928,19 +969,57 @@ class WebchatAdapter(AdapterBase):
         try:
             if self.reply_fallback is not None:
                 await self.reply_fallback(fallback)
+                how = "the hook"
+            elif (channel := await self._forward(conv, entry)) is not None:
+                how = channel
             elif self.push.webhook_enabled:
                 await self.push.send_webhook("webchat.reply.fallback",
                                              msgspec.to_builtins(fallback))
+                how = "the push webhook"
             else:
+                how = ""
                 self.ctx.log.warning("reply %s unseen and no fallback sender is configured",
                                      entry.reply_id)
-            if self.reply_fallback is not None or self.push.webhook_enabled:
-                self.ctx.log.info("reply %s unseen in the chat: sent to the fallback",
-                                  entry.reply_id)
+            if how:
+                self.ctx.log.info("reply %s unseen in the chat: sent to %s", entry.reply_id, how)
         except Exception:
             # Not retried: the reply stays in the chat for the visitor's next visit.
             self.ctx.log.exception("reply %s: the fallback failed", entry.reply_id)
         await self.ctx.state.delete(key)
+
+    async def _forward(self, conv: Conversation, entry: Entry) -> str | None:
+        """Forward an unseen reply by email or SMS; the channel it was queued on, or None.
+
+        Only to what this session's own record holds: the email or phone typed into its
+        pre-chat (settable only by the holder of its signed token, checked and normalised when
+        the session was created) or the email the site signed. Only this reply's text and its
+        ticket's number go. Once per reply: the key ``webchat-fallback:<reply id>`` makes a
+        second replica or a restart queue nothing. The address stays a recipient; it never
+        becomes an identity of the contact (the customer's answer to a forwarded mail joins
+        the ticket only through our unguessable Message-ID). See docs/webchat.md.
+        """
+        r = conv.record
+        if entry.ticket_number is None or entry.reply_id is None:
+            return None
+        site = self.sites[r.site].config.name or r.site
+        for channel in self.config.reply_fallback:
+            to = r.email if channel == "email" else r.phone
+            if not to:
+                continue
+            claimed = not (channel == "email" and r.verified)
+            text = render_forward(entry.text, number=entry.ticket_number, site=site,
+                                  locale=r.locale, claimed=claimed)
+            try:
+                await self.intake.forward_reply(
+                    ticket_number=entry.ticket_number, text=text, channel=channel, to=to,
+                    key=f"webchat-fallback:{entry.reply_id}", locale=r.locale,
+                    because=f"chat_unseen_{channel}")
+            except RejectedInput as exc:  # no sender on that channel, a ticket gone: the next
+                self.ctx.log.info("reply %s: not forwarded by %s (%s)", entry.reply_id,
+                                  channel, exc.reason)
+                continue
+            return channel
+        return None
 
 
 def _user_key(user_id: str) -> str:

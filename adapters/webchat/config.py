@@ -72,6 +72,11 @@ class WebchatConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Entries kept per conversation (the oldest are dropped)."""
     reply_fallback_delay: str = "10m"
     """A reply not seen in the chat within this goes to the visitor's email or phone."""
+    reply_fallback: list[str] = msgspec.field(default_factory=lambda: ["email", "sms"])
+    """The channels an unseen reply is forwarded on, tried in order: each where the visitor
+    gave that address in this session's pre-chat (or the site signed the email) and an
+    enabled adapter sends replies on it. ``[]`` turns the forward off (the push webhook's
+    ``webchat.reply.fallback`` remains, when configured)."""
     trust_forwarded_for: bool = False
     """Count the last ``X-Forwarded-For`` hop (only behind our own reverse proxy)."""
     default_region: str = "CN"

@@ -175,6 +175,31 @@ class Intake(Protocol):
         """
         ...
 
+    async def forward_reply(self, *, ticket_number: str, text: str, channel: str, to: str,
+                            key: str, locale: str, because: str) -> str:
+        """Queue a reply to ticket ``ticket_number``'s customer on another ``channel``
+        (``"email"`` or ``"sms"``), durably, once; return the reply's id.
+
+        For an adapter whose own channel could not reach the customer in time (the web chat's
+        unseen reply). The reply row and its ``reply.queued`` event (``chosen_because`` =
+        ``because``, e.g. ``"chat_unseen_email"``) commit in one transaction, as any reply
+        through ``POST /v1/tickets/{number}/replies``; the reply dispatcher then sends it, with
+        quiet hours for SMS and the per-recipient limit, and reports ``reply.sent`` /
+        ``reply.failed``. ``text`` is sent as given (with the ticket's ``[number]`` subject on
+        email): the caller puts in it only what this customer may read.
+
+        ``key`` is an idempotency key within the ticket: the same key again queues nothing and
+        returns the first reply's id, so two replicas or a restart firing the same forward send
+        one message. ``to`` is an address (``channel="email"``) or an E.164 number
+        (``"sms"``); it is only a recipient, never made an identity of the ticket's contact.
+
+        Raises :class:`~gateway.errors.RejectedInput` (``NotFound`` for an unknown ticket, 422
+        when no enabled sender carries ``channel`` or replies are disabled, 400 for an address
+        that is not valid or an empty text) and :class:`~gateway.errors.TransientError` when
+        the store is unavailable.
+        """
+        ...
+
     def parse_ticket_number(self, text: str) -> str | None:
         """The canonical ticket number ``text`` is (a typed one: case, spaces, dashes forgiven),
         or None, also for a wrong check digit."""

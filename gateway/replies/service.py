@@ -22,10 +22,17 @@ from gateway.acks import pick_locale
 from gateway.errors import NotFound, RejectedInput, TooLarge
 from gateway.ids import new_id
 from gateway.numbering import TicketNumbering
-from gateway.plugin import OutgoingReply, ReplyFile, ReplySender, RequestSigner
+from gateway.plugin import (
+    OutgoingReply,
+    ReplyFile,
+    ReplySender,
+    RequestSigner,
+    normalize_email,
+    normalize_phone,
+)
 from gateway.replies.config import ReplyConfig
 from gateway.replies.rating_page import RatingLinks
-from gateway.replies.routing import Route, SenderRules, choose_route
+from gateway.replies.routing import NoRoute, Route, SenderRules, choose_route
 from gateway.replies.texts import reply_subject, satisfaction_question
 from gateway.sla import BusinessCalendar
 from gateway.store.protocols import NewEvent, NewReply, ReplyOutbox, ReplyOutboxTx
@@ -179,6 +186,57 @@ class ReplyService:
                                   stored.channel, stored.status)
         return ReplyAccepted(reply_id=row.uid, ticket_number=target.number,
                              channel=route.channel)  # type: ignore[arg-type]
+
+    async def forward(self, *, ticket_number: str, text: str, channel: str, to: str, key: str,
+                      locale: str, because: str) -> str:
+        """See :meth:`gateway.plugin.Intake.forward_reply`."""
+        if not self.config.enabled:
+            raise NoRoute("replies are disabled on this gateway", field="channel")
+        if channel not in ("email", "sms") or channel not in self.senders:
+            raise NoRoute(f"no adapter sends replies on {channel!r}", field="channel")
+        if not key.isprintable() or not 0 < len(key) <= _MAX_KEY:
+            raise RejectedInput(f"key: 1 to {_MAX_KEY} printable characters", field="key")
+        # The address is only a recipient here: checked as every channel checks it, and
+        # written to the reply row, never to the contact's identities.
+        to = (normalize_email(to, field="to") if channel == "email"
+              else normalize_phone(to, default_region=None, field="to"))
+        canonical = self.numbering.parse(ticket_number)
+        target = None if canonical is None else await self.store.reply_target(canonical)
+        if target is None:
+            raise NotFound("no ticket has this number")
+        request_hash = hashlib.sha256(
+            f"{channel}\x1f{to}\x1f{because}\x1f{text}".encode()).hexdigest()
+        earlier = await self.store.reply_by_key(target.ticket_id, key)
+        if earlier is not None:
+            return earlier.uid
+        text = text.strip()
+        if not text:
+            raise RejectedInput("the reply is empty", field="text")
+        if len(text) > self.config.max_text_chars:
+            raise TooLarge(f"the reply has {len(text)} characters; the limit is "
+                           f"{self.config.max_text_chars}")
+        locale = pick_locale(locale, self.default_locale)
+        now = self.clock()
+        outgoing = OutgoingReply(reply_id=new_id(), ticket_number=target.number,
+                                 subject=reply_subject(target.number, locale), text=text,
+                                 locale=locale)
+        not_before = 0.0
+        if (channel == "sms" and self.config.quiet_hours and target.priority != "high"
+                and not self.calendar.is_open(now)):
+            not_before = self.calendar.next_opening(now).timestamp()
+        event = ReplyQueued(
+            id=new_id(), source=self.event_source, subject=target.number, time=now,
+            priority=target.priority,  # type: ignore[arg-type]
+            data=ReplyQueuedData(reply_id=outgoing.reply_id, ticket_number=target.number,
+                                 channel=channel, chosen_because=because))
+        row = NewReply(uid=outgoing.reply_id, ticket_id=target.ticket_id, idempotency_key=key,
+                       request_hash=request_hash, channel=channel, recipient=to, reply_to=None,
+                       payload=_encode_mp(outgoing), not_before=not_before)
+        stored = await self.store.run(lambda tx: tx.insert_reply(row, NewEvent(
+            id=event.id, type="reply.queued", subject=target.number, body=_encode(event),
+            priority=target.priority)))
+        self.on_queued()
+        return stored.uid  # another replica's, when it queued the same key first
 
     @staticmethod
     def _replayed(stored_hash: str, request_hash: str, uid: str, number: str, channel: str,

@@ -27,7 +27,7 @@ from gateway.plugin import INLINE_REPLY, AdapterContext, IntakeLimits, Reply
 from gateway.sla import BusinessCalendar, CalendarConfig, format_due
 from intake_schemas import Acknowledgement, Attachment, InboundMessage, Outcome, Receipt
 
-__all__ = ["MemoryState", "RecordingIntake", "Submitted", "context"]
+__all__ = ["Forwarded", "MemoryState", "RecordingIntake", "Submitted", "context"]
 
 
 class MemoryState:
@@ -66,6 +66,18 @@ class Submitted(msgspec.Struct, frozen=True, kw_only=True):
     reply: Reply
 
 
+class Forwarded(msgspec.Struct, frozen=True, kw_only=True):
+    """One reply an adapter forwarded to another channel (``forward_reply``)."""
+
+    ticket_number: str
+    text: str
+    channel: str
+    to: str
+    key: str
+    locale: str
+    because: str
+
+
 class RecordingIntake:
     """:class:`gateway.plugin.Intake` that records and answers from a script.
 
@@ -90,6 +102,8 @@ class RecordingIntake:
         self._numbers: dict[str, str] = {}
         self.deliveries: list[tuple[str, bool, str]] = []
         """``report_delivery`` calls: (provider id, delivered, detail)."""
+        self.forwarded: list[Forwarded] = []
+        """``forward_reply`` calls, one per key."""
 
     async def submit(self, message: InboundMessage, *, reply: Reply = INLINE_REPLY) -> Receipt:
         seen = message.provider_message_id in self._numbers
@@ -123,6 +137,17 @@ class RecordingIntake:
         """Recorded in :attr:`deliveries`; True (as if it named a reply)."""
         self.deliveries.append((provider_id, delivered, detail))
         return True
+
+    async def forward_reply(self, *, ticket_number: str, text: str, channel: str, to: str,
+                            key: str, locale: str, because: str) -> str:
+        """Recorded in :attr:`forwarded` (once per ``key``); answers ``fwd-<n>``."""
+        for n, earlier in enumerate(self.forwarded):
+            if earlier.key == key:
+                return f"fwd-{n + 1}"
+        self.forwarded.append(Forwarded(ticket_number=ticket_number, text=text,
+                                        channel=channel, to=to, key=key, locale=locale,
+                                        because=because))
+        return f"fwd-{len(self.forwarded)}"
 
     def parse_ticket_number(self, text: str) -> str | None:
         return self._numbering.parse(text)
