@@ -35,7 +35,7 @@ from gateway.replies.rating_page import RatingLinks
 from gateway.replies.routing import NoRoute, Route, SenderRules, choose_route
 from gateway.replies.texts import reply_subject, satisfaction_question
 from gateway.sla import BusinessCalendar
-from gateway.store.protocols import NewEvent, NewReply, ReplyOutbox, ReplyOutboxTx
+from gateway.store.protocols import NewEvent, NewReply, ReplyOutbox, ReplyOutboxTx, ReplyRow
 from intake_schemas import InboundMessage, ReplyQueued, ReplyQueuedData
 from intake_schemas.replies import ReplyAccepted, ReplyRequest
 
@@ -162,10 +162,7 @@ class ReplyService:
             html=html, locale=locale, template=route.template,
             files=[ReplyFile(name=a.name, content_type=a.content_type, data=a.data)
                    for a in req.attachments])
-        not_before = 0.0
-        if (route.channel == "sms" and self.config.quiet_hours and target.priority != "high"
-                and not self.calendar.is_open(now)):
-            not_before = self.calendar.next_opening(now).timestamp()
+        not_before = self._not_before(route.channel, target.priority, now)
         event = ReplyQueued(
             id=new_id(), source=self.event_source, subject=target.number, time=now,
             priority=target.priority,  # type: ignore[arg-type]
@@ -177,10 +174,7 @@ class ReplyService:
                        recipient=route.to, reply_to=route.reply_to,
                        payload=_encode_mp(outgoing), not_before=not_before,
                        resolution=req.resolution)
-        stored = await self.store.run(lambda tx: tx.insert_reply(row, NewEvent(
-            id=event.id, type="reply.queued", subject=target.number, body=_encode(event),
-            priority=target.priority)))
-        self.on_queued()
+        stored = await self._queue(row, event)
         if stored.uid != row.uid:  # a concurrent request with the same key won
             return self._replayed(stored.request_hash, request_hash, stored.uid, target.number,
                                   stored.channel, stored.status)
@@ -220,10 +214,7 @@ class ReplyService:
         outgoing = OutgoingReply(reply_id=new_id(), ticket_number=target.number,
                                  subject=reply_subject(target.number, locale), text=text,
                                  locale=locale)
-        not_before = 0.0
-        if (channel == "sms" and self.config.quiet_hours and target.priority != "high"
-                and not self.calendar.is_open(now)):
-            not_before = self.calendar.next_opening(now).timestamp()
+        not_before = self._not_before(channel, target.priority, now)
         event = ReplyQueued(
             id=new_id(), source=self.event_source, subject=target.number, time=now,
             priority=target.priority,  # type: ignore[arg-type]
@@ -232,11 +223,26 @@ class ReplyService:
         row = NewReply(uid=outgoing.reply_id, ticket_id=target.ticket_id, idempotency_key=key,
                        request_hash=request_hash, channel=channel, recipient=to, reply_to=None,
                        payload=_encode_mp(outgoing), not_before=not_before)
-        stored = await self.store.run(lambda tx: tx.insert_reply(row, NewEvent(
-            id=event.id, type="reply.queued", subject=target.number, body=_encode(event),
-            priority=target.priority)))
-        self.on_queued()
+        stored = await self._queue(row, event)
         return stored.uid  # another replica's, when it queued the same key first
+
+    def _not_before(self, channel: str, priority: str, now: datetime) -> float:
+        """When the reply may go: SMS waits for business hours (``replies.quiet_hours``) unless
+        the ticket is high priority; 0 for now."""
+        if (channel == "sms" and self.config.quiet_hours and priority != "high"
+                and not self.calendar.is_open(now)):
+            return self.calendar.next_opening(now).timestamp()
+        return 0.0
+
+    async def _queue(self, row: NewReply, event: ReplyQueued) -> ReplyRow:
+        """Commit the reply's row with its ``reply.queued`` event, then wake the dispatcher;
+        the row stored under the key (another request's, when it queued the same key first)."""
+        subject, priority = event.subject, event.priority
+        stored = await self.store.run(lambda tx: tx.insert_reply(row, NewEvent(
+            id=event.id, type="reply.queued", subject=subject, body=_encode(event),
+            priority=priority)))
+        self.on_queued()
+        return stored
 
     @staticmethod
     def _replayed(stored_hash: str, request_hash: str, uid: str, number: str, channel: str,
