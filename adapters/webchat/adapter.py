@@ -859,7 +859,10 @@ class WebchatAdapter(AdapterBase):
         every replica and after a restart (``_fallback_later`` fires only while its key is)."""
         if seq <= conv.seen:
             return
-        conv.seen = seq
+        earlier, conv.seen = conv.seen, seq
+        # Only replies have fallbacks: a visitor's own message echoed back reads nothing.
+        if not any(e.kind == "reply" and earlier < e.seq <= seq for e in conv.entries):
+            return
         for key, _ in await self.ctx.state.items(f"f/{conv.record.sid}/"):
             if int(key.rsplit("/", 1)[1]) <= seq:
                 await self.ctx.state.delete(key)
