@@ -219,6 +219,27 @@ async def test_events_long_poll_wakes_on_commit(gateway: Gateway, http) -> None:
     assert page["next"] == page["events"][0]["seq"]
 
 
+async def _submitted_counts(http: aiohttp.ClientSession, gw: Gateway) -> dict[str, float]:
+    async with http.get(gw.url + "/metrics") as resp:
+        text = await resp.text()
+    prefix = 'intake_messages_total{channel="api",outcome="'
+    return {line[len(prefix):].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(prefix)}
+
+
+async def test_messages_are_counted_by_their_own_outcome(gateway: Gateway, http) -> None:
+    # The counter's children are looked up once per (channel, outcome): a created message and
+    # its replay (the same Idempotency-Key) on one channel each count under their own outcome.
+    before = await _submitted_counts(http, gateway)
+    body = {"contact": {"email": "count@example.org"}, "text": "the router keeps rebooting"}
+    first, _ = await post(http, gateway, body, key="count-1")
+    again, answer = await post(http, gateway, body, key="count-1")
+    assert (first, again, answer["outcome"]) == (201, 200, "replayed")
+    after = await _submitted_counts(http, gateway)
+    assert after["created"] - before.get("created", 0) == 1
+    assert after["replayed"] - before.get("replayed", 0) == 1
+
+
 async def test_health_ready_and_metrics(gateway: Gateway, http) -> None:
     await post(http, gateway, {"contact": {"email": "j@example.org"}, "text": "metrics"})
     for path in ("/healthz", "/readyz"):
